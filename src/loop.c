@@ -1,0 +1,489 @@
+/*
+ * The loop core: clock, run modes, the ready ring pass, timers, watcher
+ * bookkeeping, the thread-safe wakeup, fork.
+ *
+ * One iteration, in this order (a decision, see below):
+ *   1. run the callbacks that were in the ready ring when the iteration
+ *      began; those they queue wait for the next iteration;
+ *   2. poll: timeout 0 when anything is queued, a stop was asked for or a
+ *      wakeup is pending; otherwise until the first timer, or forever;
+ *   3. dispatch the I/O events;
+ *   4. run the timers that are due, except those armed during this pass.
+ * Running the ring first means what I/O callbacks and timers queue runs at
+ * the start of the next iteration, before its poll: one poll per round trip
+ * and no extra zero-timeout poll.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "loop_internal.h"
+
+#define QL_RING_INITIAL 256
+
+int64_t ql_time_ns(void)
+{
+    struct timespec ts;
+#ifdef __APPLE__
+    /* time.monotonic() on macOS is mach_absolute_time(): the same clock. */
+    clock_gettime(CLOCK_UPTIME_RAW, &ts);
+#else
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t ql_loop_now(const ql_loop *loop) { return loop->now; }
+
+int64_t ql_loop_update_time(ql_loop *loop)
+{
+    loop->now = ql_time_ns();
+    return loop->now;
+}
+
+/* ---- creation ---------------------------------------------------------- */
+
+int ql_loop_new(ql_loop **out)
+{
+    ql_loop *loop = calloc(1, sizeof(*loop));
+    int rc;
+    if (!loop)
+        return -ENOMEM;
+    rc = ql__ring_init(&loop->ready, QL_RING_INITIAL);
+    if (rc < 0) {
+        free(loop);
+        return rc;
+    }
+    ql__heap_init(&loop->timers);
+    loop->stale_fd_prev = loop->stale_fd_cur = -1;
+    atomic_init(&loop->polling, 0);
+    atomic_init(&loop->wakeup_pending, 0);
+    rc = -pthread_mutex_init(&loop->tsq_lock, NULL);
+    if (rc < 0) {
+        ql__ring_free(&loop->ready);
+        free(loop);
+        return rc;
+    }
+    rc = ql__backend_init(loop);
+    if (rc < 0) {
+        pthread_mutex_destroy(&loop->tsq_lock);
+        ql__ring_free(&loop->ready);
+        free(loop);
+        return rc;
+    }
+    loop->now = ql_time_ns();
+    *out = loop;
+    return 0;
+}
+
+int ql_loop_free(ql_loop *loop)
+{
+    if (!loop)
+        return 0;
+    if (loop->running)
+        return -EBUSY;
+    ql__backend_close(loop);
+    /* Timers and watchers belong to the caller: leave them inactive, so a
+     * later stop on them does not reach into freed memory. */
+    for (uint32_t k = 0; k < loop->timers.count; k++)
+        loop->timers.slots[QL_HEAP0 + k].timer->heap_index =
+            QL_TIMER_INACTIVE;
+    for (uint32_t fd = 0; fd < loop->nwatchers; fd++) {
+        ql_io *io = loop->watchers[fd];
+        if (io) {
+            io->active = 0;
+            io->events = 0;
+        }
+    }
+    ql__heap_free(&loop->timers);
+    ql__ring_free(&loop->ready);
+    free(loop->watchers);
+    free(loop->tsq);
+    pthread_mutex_destroy(&loop->tsq_lock);
+    free(loop);
+    return 0;
+}
+
+/* ---- ready callbacks ----------------------------------------------------- */
+
+int ql_call_soon(ql_loop *loop, ql_callback_fn fn, void *arg)
+{
+    return ql__ring_push(&loop->ready, fn, arg);
+}
+
+size_t ql_loop_ready_count(const ql_loop *loop) { return loop->ready.count; }
+
+/* Move what other threads queued into the ring, oldest first.  Under the
+ * lock so that posters never see a half-moved queue; on ENOMEM what did
+ * not fit stays queued for the next try. */
+static void splice_threadsafe(ql_loop *loop)
+{
+    size_t i = 0;
+    pthread_mutex_lock(&loop->tsq_lock);
+    for (; i < loop->tsq_len; i++)
+        if (ql__ring_push(&loop->ready, loop->tsq[i].fn, loop->tsq[i].arg) < 0)
+            break;
+    if (i < loop->tsq_len)
+        memmove(loop->tsq, loop->tsq + i,
+                sizeof(*loop->tsq) * (loop->tsq_len - i));
+    loop->tsq_len -= i;
+    pthread_mutex_unlock(&loop->tsq_lock);
+}
+
+int ql_loop_pop_ready(ql_loop *loop, ql_callback_fn *fn, void **arg)
+{
+    ql__ready_entry e;
+    if (loop->ready.count == 0)
+        splice_threadsafe(loop);
+    if (!ql__ring_pop(&loop->ready, &e))
+        return 0;
+    *fn = e.fn;
+    *arg = e.arg;
+    return 1;
+}
+
+int ql_loop_visit_ready(ql_loop *loop, ql_visit_fn visit, void *ctx)
+{
+    int rc = 0;
+    for (uint32_t i = 0; i < loop->ready.count && rc == 0; i++) {
+        ql__ready_entry *e =
+            &loop->ready.buf[(loop->ready.head + i) & loop->ready.mask];
+        rc = visit(e->fn, e->arg, ctx);
+    }
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&loop->tsq_lock);
+    for (size_t i = 0; i < loop->tsq_len && rc == 0; i++)
+        rc = visit(loop->tsq[i].fn, loop->tsq[i].arg, ctx);
+    pthread_mutex_unlock(&loop->tsq_lock);
+    return rc;
+}
+
+/* Run exactly the callbacks queued when the pass began.  Returns how many
+ * ran. */
+static uint32_t run_ready(ql_loop *loop)
+{
+    uint32_t n = loop->ready.count, ran = 0;
+    ql__ready_entry e;
+    while (ran < n && ql__ring_pop(&loop->ready, &e)) {
+        ran++;
+        e.fn(loop, e.arg);
+        if (loop->broken)
+            break;
+    }
+    loop->stats.callbacks_run += ran;
+    return ran;
+}
+
+/* ---- wakeup -------------------------------------------------------------- */
+
+/*
+ * The poster sets `wakeup_pending`, then looks at `polling`; the loop sets
+ * `polling`, then looks at `wakeup_pending` before it computes its timeout.
+ * Both are sequentially consistent, so at least one side sees the other:
+ * either the loop sees the flag and does not block, or the poster sees the
+ * loop polling and makes the system call.  When the flag was already set,
+ * whoever set it took care of that.  Hence no lost wakeup and no system
+ * call while the loop is busy running callbacks.
+ */
+int ql_loop_wakeup(ql_loop *loop)
+{
+    if (atomic_exchange(&loop->wakeup_pending, 1) == 0 &&
+        atomic_load(&loop->polling))
+        return ql__backend_wakeup(loop);
+    return 0;
+}
+
+void ql_loop_set_wakeup_cb(ql_loop *loop, ql_callback_fn fn, void *arg)
+{
+    loop->wakeup_cb = fn;
+    loop->wakeup_arg = arg;
+}
+
+int ql_call_soon_threadsafe(ql_loop *loop, ql_callback_fn fn, void *arg)
+{
+    pthread_mutex_lock(&loop->tsq_lock);
+    if (loop->tsq_len == loop->tsq_cap) {
+        size_t cap = loop->tsq_cap ? loop->tsq_cap * 2 : 64;
+        ql__ready_entry *q = realloc(loop->tsq, sizeof(*q) * cap);
+        if (!q) {
+            pthread_mutex_unlock(&loop->tsq_lock);
+            return -ENOMEM;
+        }
+        loop->tsq = q;
+        loop->tsq_cap = cap;
+    }
+    loop->tsq[loop->tsq_len].fn = fn;
+    loop->tsq[loop->tsq_len].arg = arg;
+    loop->tsq_len++;
+    pthread_mutex_unlock(&loop->tsq_lock);
+    return ql_loop_wakeup(loop);
+}
+
+static void handle_wakeup(ql_loop *loop)
+{
+    splice_threadsafe(loop);
+    if (loop->wakeup_cb)
+        loop->wakeup_cb(loop, loop->wakeup_arg);
+}
+
+void ql_loop_set_poll_hooks(ql_loop *loop, ql_poll_enter_fn enter,
+                            ql_poll_leave_fn leave, void *data)
+{
+    loop->poll_enter = enter;
+    loop->poll_leave = leave;
+    loop->poll_hook_data = data;
+}
+
+/* ---- timers -------------------------------------------------------------- */
+
+void ql_timer_init(ql_timer *timer, ql_timer_fn cb, void *data)
+{
+    timer->deadline = 0;
+    timer->cb = cb;
+    timer->data = data;
+    timer->seq = 0;
+    timer->heap_index = QL_TIMER_INACTIVE;
+}
+
+int ql_timer_start(ql_loop *loop, ql_timer *timer, int64_t deadline_ns)
+{
+    timer->deadline = deadline_ns;
+    timer->seq = loop->timer_seq++;
+    if (ql_timer_active(timer)) {
+        ql__heap_update(&loop->timers, timer);
+        return 0;
+    }
+    return ql__heap_insert(&loop->timers, timer);
+}
+
+void ql_timer_stop(ql_loop *loop, ql_timer *timer)
+{
+    if (ql_timer_active(timer))
+        ql__heap_remove(&loop->timers, timer);
+}
+
+size_t ql_loop_timer_count(const ql_loop *loop) { return loop->timers.count; }
+
+/* Fire the due timers.  A timer armed during this pass (seq >= limit) is
+ * left for the next iteration even when due, so a callback that re-arms
+ * itself for "now" cannot starve the loop.  Stopping at such a timer keeps
+ * deadline order: everything behind it is due no earlier. */
+static void run_timers(ql_loop *loop)
+{
+    uint64_t limit = loop->timer_seq;
+    int64_t now = loop->now;
+    while (loop->timers.count) {
+        ql__heap_slot *top = &loop->timers.slots[QL_HEAP0];
+        ql_timer *timer = top->timer;
+        if (top->deadline > now || timer->seq >= limit)
+            break;
+        ql__heap_remove(&loop->timers, timer);
+        loop->stats.timers_fired++;
+        timer->cb(loop, timer);
+        if (loop->broken)
+            break;
+    }
+}
+
+/* ---- fd watchers --------------------------------------------------------- */
+
+void ql_io_init(ql_io *io, int fd, ql_io_fn cb, void *data)
+{
+    io->fd = fd;
+    io->events = 0;
+    io->cb = cb;
+    io->data = data;
+    io->gen = 0;
+    io->active = 0;
+}
+
+static int ensure_watcher_slot(ql_loop *loop, int fd)
+{
+    uint32_t n = loop->nwatchers;
+    if ((uint32_t)fd < n)
+        return 0;
+    uint32_t cap = n ? n : 64;
+    while (cap <= (uint32_t)fd)
+        cap *= 2;
+    ql_io **w = realloc(loop->watchers, sizeof(*w) * cap);
+    if (!w)
+        return -ENOMEM;
+    memset(w + n, 0, sizeof(*w) * (cap - n));
+    loop->watchers = w;
+    loop->nwatchers = cap;
+    return 0;
+}
+
+int ql_io_start(ql_loop *loop, ql_io *io, unsigned events)
+{
+    int rc;
+    events &= QL_READABLE | QL_WRITABLE;
+    if (events == 0)
+        return ql_io_stop(loop, io);
+    if (io->active) {
+        if (events == io->events)
+            return 0;
+        rc = ql__backend_modify(loop, io, io->events, events);
+        if (rc < 0)
+            return rc;
+        io->events = events;
+        return 0;
+    }
+    if (io->fd < 0)
+        return -EBADF;
+    rc = ensure_watcher_slot(loop, io->fd);
+    if (rc < 0)
+        return rc;
+    if (loop->watchers[io->fd])
+        return -EEXIST;
+    io->gen = ++loop->io_gen;
+    rc = ql__backend_modify(loop, io, 0, events);
+    if (rc < 0)
+        return rc;
+    loop->watchers[io->fd] = io;
+    io->active = 1;
+    io->events = events;
+    loop->io_count++;
+    return 0;
+}
+
+int ql_io_stop(ql_loop *loop, ql_io *io)
+{
+    if (!io->active)
+        return 0;
+    /* The backend treats an fd closed behind our back as removed. */
+    int rc = ql__backend_modify(loop, io, io->events, 0);
+    loop->watchers[io->fd] = NULL;
+    io->active = 0;
+    io->events = 0;
+    loop->io_count--;
+    return rc;
+}
+
+size_t ql_loop_io_count(const ql_loop *loop) { return loop->io_count; }
+
+/* Validate one event before it reaches a watcher: the fd must still be
+ * watched by the registration that produced the event (a watcher removed
+ * earlier in this batch, or an fd closed and reused, fails that), and it
+ * must still want what happened (as Redis ae re-checks the mask). */
+void ql__io_dispatch(ql_loop *loop, int fd, uint32_t gen, unsigned events)
+{
+    ql_io *io = (uint32_t)fd < loop->nwatchers ? loop->watchers[fd] : NULL;
+    if (!io || io->gen != gen) {
+        if (fd == loop->stale_fd_prev)
+            loop->need_rebuild = 1;
+        loop->stale_fd_cur = fd;
+        return;
+    }
+    events &= io->events | QL_ERROR | QL_HANGUP;
+    if (!events)
+        return;
+    loop->stats.io_events++;
+    io->cb(loop, io, events);
+}
+
+/* ---- running ------------------------------------------------------------- */
+
+static int iterate(ql_loop *loop, ql_run_mode mode)
+{
+    uint32_t ran = run_ready(loop);
+    if (loop->broken)
+        return QL_BROKEN;
+
+    int64_t timeout = -1;
+    atomic_store(&loop->polling, 1);
+    int64_t t0 = ql_time_ns();
+    loop->now = t0;
+    if (mode == QL_RUN_NOWAIT || (mode == QL_RUN_ONCE && ran) ||
+        loop->ready.count || loop->stop_requested ||
+        atomic_load(&loop->wakeup_pending)) {
+        timeout = 0;
+    } else if (loop->timers.count) {
+        timeout = loop->timers.slots[QL_HEAP0].deadline - t0;
+        if (timeout < 0)
+            timeout = 0;
+    }
+
+    if (loop->poll_enter)
+        loop->poll_enter(loop, loop->poll_hook_data);
+    int n = ql__backend_wait(loop, timeout);
+    atomic_store(&loop->polling, 0);
+    int hook_rc = loop->poll_leave
+                      ? loop->poll_leave(loop, loop->poll_hook_data)
+                      : 0;
+    loop->now = ql_time_ns();
+    loop->stats.poll_ns += loop->now - t0;
+    loop->stats.iterations++;
+    if (hook_rc < 0)
+        return hook_rc;
+    if (n < 0 && n != -EINTR)
+        return n;
+
+    if (atomic_load_explicit(&loop->wakeup_pending, memory_order_relaxed) &&
+        atomic_exchange(&loop->wakeup_pending, 0))
+        handle_wakeup(loop);
+    if (loop->broken)
+        return QL_BROKEN;
+
+    if (n > 0) {
+        ql__backend_dispatch(loop, n);
+        loop->stale_fd_prev = loop->stale_fd_cur;
+        loop->stale_fd_cur = -1;
+        if (loop->need_rebuild) {
+            loop->need_rebuild = 0;
+            loop->stale_fd_prev = -1;
+            int rc = ql__backend_reinit(loop, 0);
+            if (rc < 0)
+                return rc;
+        }
+        if (loop->broken)
+            return QL_BROKEN;
+    } else {
+        loop->stale_fd_prev = -1;
+    }
+
+    run_timers(loop);
+    return loop->broken ? QL_BROKEN : 0;
+}
+
+int ql_loop_run(ql_loop *loop, ql_run_mode mode)
+{
+    int rc;
+    if (loop->running)
+        return -EBUSY;
+    loop->running = 1;
+    loop->broken = 0;
+    do {
+        rc = iterate(loop, mode);
+    } while (rc == 0 && mode == QL_RUN_DEFAULT && !loop->stop_requested);
+    loop->stop_requested = 0;
+    loop->broken = 0;
+    loop->running = 0;
+    return rc;
+}
+
+void ql_loop_stop(ql_loop *loop) { loop->stop_requested = 1; }
+
+void ql_loop_break(ql_loop *loop)
+{
+    if (loop->running)
+        loop->broken = 1;
+}
+
+int ql_loop_is_running(const ql_loop *loop) { return loop->running; }
+
+int ql_loop_fork(ql_loop *loop)
+{
+    /* Another thread may have held the lock at fork(); only this thread
+     * survives in the child. */
+    pthread_mutex_init(&loop->tsq_lock, NULL);
+    atomic_store(&loop->polling, 0);
+    loop->stale_fd_prev = loop->stale_fd_cur = -1;
+    loop->need_rebuild = 0;
+    return ql__backend_reinit(loop, 1);
+}
+
+void ql_loop_stats(const ql_loop *loop, ql_stats *out) { *out = loop->stats; }

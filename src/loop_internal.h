@@ -1,0 +1,57 @@
+/* The loop's private state, shared by the core and the backends. */
+#ifndef QL_LOOP_INTERNAL_H
+#define QL_LOOP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "qloop.h"
+#include "ready_ring.h"
+#include "timer_heap.h"
+
+struct ql_backend; /* private to the backend file */
+
+struct ql_loop {
+    int64_t now;
+    ql__ready_ring ready;
+    ql__timer_heap timers;
+    uint64_t timer_seq;
+
+    /* fd -> watcher, NULL where nothing watches. */
+    ql_io **watchers;
+    uint32_t nwatchers; /* size of the table */
+    uint32_t io_count;  /* active watchers */
+    uint32_t io_gen;    /* next registration generation */
+    /* Stale-event tracking: the same fd reporting stale events in two
+     * consecutive polls means the kernel holds a registration we cannot
+     * remove by fd (the old file lives on through a dup): rebuild. */
+    int stale_fd_prev, stale_fd_cur;
+    int need_rebuild;
+
+    struct ql_backend *backend;
+
+    int running;
+    int stop_requested;
+    int broken;
+
+    /* Wakeup protocol (see ql_loop_wakeup): `polling` is set while the loop
+     * is in, or about to enter, the poll; `wakeup_pending` by posters. */
+    atomic_int polling;
+    atomic_int wakeup_pending;
+    ql_callback_fn wakeup_cb;
+    void *wakeup_arg;
+
+    /* Callbacks queued from other threads; spliced into the ring by the
+     * loop thread under the lock. */
+    pthread_mutex_t tsq_lock;
+    ql__ready_entry *tsq;
+    size_t tsq_len, tsq_cap;
+
+    ql_poll_enter_fn poll_enter;
+    ql_poll_leave_fn poll_leave;
+    void *poll_hook_data;
+
+    ql_stats stats;
+};
+
+#endif
