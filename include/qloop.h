@@ -86,6 +86,12 @@ static inline int ql_timer_active(const ql_timer *timer)
 {
     return timer->heap_index != QL_TIMER_INACTIVE;
 }
+/* The timer due first, or NULL. */
+ql_timer *ql_loop_next_timer(const ql_loop *loop);
+/* Visit every armed timer (in heap order, not deadline order); stops at
+ * and returns the first non-zero result of `visit`. */
+typedef int (*ql_timer_visit_fn)(ql_timer *timer, void *ctx);
+int ql_loop_visit_timers(ql_loop *loop, ql_timer_visit_fn visit, void *ctx);
 
 /* ---- fd watchers ------------------------------------------------------ */
 

@@ -267,6 +267,19 @@ void ql_timer_stop(ql_loop *loop, ql_timer *timer)
 
 size_t ql_loop_timer_count(const ql_loop *loop) { return loop->timers.count; }
 
+ql_timer *ql_loop_next_timer(const ql_loop *loop)
+{
+    return ql__heap_top(&loop->timers);
+}
+
+int ql_loop_visit_timers(ql_loop *loop, ql_timer_visit_fn visit, void *ctx)
+{
+    int rc = 0;
+    for (uint32_t k = 0; k < loop->timers.count && rc == 0; k++)
+        rc = visit(loop->timers.slots[QL_HEAP0 + k].timer, ctx);
+    return rc;
+}
+
 /* Fire the due timers.  A timer armed during this pass (seq >= limit) is
  * left for the next iteration even when due, so a callback that re-arms
  * itself for "now" cannot starve the loop.  Stopping at such a timer keeps

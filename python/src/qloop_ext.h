@@ -1,0 +1,111 @@
+/*
+ * The CPython binding over the reactor: shared declarations.
+ *
+ * Objects:
+ *  - Handle / TimerHandle: what call_soon / call_at return.  Arguments are
+ *    kept inline (no tuple) behind one spare slot for vectorcall's
+ *    PY_VECTORCALL_ARGUMENTS_OFFSET; a TimerHandle embeds its ql_timer, so
+ *    the heap node lives inside the handle.  Both come from freelists.
+ *  - CLoop: the C base of qloop.Loop.  It owns the ql_loop and implements
+ *    the hot paths; qloop/_loop.py layers asyncio's own Python code on top.
+ *  - Watcher: one per watched fd, holding the reader and writer handles.
+ *
+ * Ownership: the ready ring owns one reference to each queued handle, the
+ * loop one to each armed TimerHandle, the watcher table one to each
+ * Watcher.  All of them are visited by CLoop's tp_traverse.
+ */
+#ifndef QLOOP_EXT_H
+#define QLOOP_EXT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include "qloop.h"
+
+#define QLH_INLINE_ARGS 4
+
+typedef struct {
+    /* Types */
+    PyTypeObject *LoopType;
+    PyTypeObject *HandleType;
+    PyTypeObject *TimerHandleType;
+    PyTypeObject *WatcherType;
+    /* Python helpers from qloop._loop, registered by _set_helpers():
+     * the slow paths that asyncio itself writes in Python. */
+    PyObject *handle_exception; /* (handle, exc) -> None */
+    PyObject *handle_repr;      /* (handle) -> str */
+    PyObject *extract_stack;    /* () -> list, debug mode only */
+    PyObject *log_slow;         /* (handle, seconds) -> None */
+    PyObject *check_callback;   /* (loop, callback, method_name) -> None */
+    PyObject *str_check_thread;
+    PyObject *str_current_handle;
+    PyObject *str_slow_callback_duration;
+    PyObject *str_context;
+} qloop_state;
+
+typedef struct LoopObject LoopObject;
+
+typedef struct HandleObject {
+    PyObject_HEAD
+    LoopObject *loop;           /* strong */
+    PyObject *callback;         /* NULL once cancelled (unless running) */
+    PyObject *context;
+    PyObject *source_traceback; /* debug mode only */
+    PyObject *repr;             /* kept at cancel in debug mode */
+    PyObject *weakreflist;
+    PyObject **args;            /* &argbuf[1], or a heap block past a spare slot */
+    Py_ssize_t nargs;
+    char cancelled;
+    char running;
+    PyObject *argbuf[1 + QLH_INLINE_ARGS];
+} HandleObject;
+
+typedef struct {
+    HandleObject base;
+    ql_timer timer;
+    double when;
+    char scheduled;
+} TimerHandleObject;
+
+typedef struct {
+    PyObject_HEAD
+    LoopObject *loop;
+    ql_io io;
+    HandleObject *reader;
+    HandleObject *writer;
+} WatcherObject;
+
+struct LoopObject {
+    PyObject_HEAD
+    ql_loop *ql;
+    qloop_state *st;
+    PyThreadState *saved_tstate; /* while polling */
+    PyObject *cur_ctx;           /* context entered lazily, see enter_context */
+    PyObject *pending_exc;       /* SystemExit/KeyboardInterrupt ending a run */
+    PyObject *watchers;          /* dict: fd -> Watcher */
+    char closed;
+    char debug;
+};
+
+/* handle.c */
+extern PyType_Spec qloop_handle_spec;
+extern PyType_Spec qloop_timer_handle_spec;
+HandleObject *qloop_handle_new(LoopObject *loop, PyTypeObject *type,
+                               PyObject *callback, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *context);
+void qloop_handle_run(LoopObject *loop, HandleObject *h);
+void qloop_handle_clear_callback(HandleObject *h);
+void qloop_freelists_clear(void);
+
+/* loop.c */
+extern PyType_Spec qloop_loop_spec;
+extern PyType_Spec qloop_watcher_spec;
+int qloop_enter_context(LoopObject *loop, PyObject *ctx);
+void qloop_leave_context(LoopObject *loop);
+void qloop_report_callback_error(LoopObject *loop, HandleObject *h);
+
+/* module.c */
+qloop_state *qloop_state_from_type(PyTypeObject *type);
+
+#endif
