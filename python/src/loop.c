@@ -680,21 +680,14 @@ static int watcher_update(WatcherObject *w)
     return 0;
 }
 
-static PyObject *add_watch(LoopObject *self, PyObject *const *args,
-                           Py_ssize_t nargs, int writing)
+PyObject *qloop_add_watch(LoopObject *self, int fd, int writing,
+                          PyObject *callback, PyObject *const *args,
+                          Py_ssize_t nargs)
 {
-    const char *name = writing ? "_add_writer" : "_add_reader";
-    if (nargs < 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments", name);
-        return NULL;
-    }
     if (closed_error(self) < 0)
         return NULL;
-    int fd = fileobj_to_fd(args[0]);
-    if (fd < 0)
-        return NULL;
-    HandleObject *h = qloop_handle_new(self, self->st->HandleType, args[1],
-                                       args + 2, nargs - 2, NULL);
+    HandleObject *h = qloop_handle_new(self, self->st->HandleType, callback,
+                                       args, nargs, NULL);
     if (!h)
         return NULL;
     PyObject *key = PyLong_FromLong(fd);
@@ -751,6 +744,21 @@ fail:
 }
 
 static int remove_watch_fd(LoopObject *self, PyObject *key, int fd,
+                           int writing);
+
+int qloop_remove_watch(LoopObject *self, int fd, int writing)
+{
+    if (self->closed || !self->ql)
+        return 0;
+    PyObject *key = PyLong_FromLong(fd);
+    if (!key)
+        return -1;
+    int rc = remove_watch_fd(self, key, fd, writing);
+    Py_DECREF(key);
+    return rc;
+}
+
+static int remove_watch_fd(LoopObject *self, PyObject *key, int fd,
                            int writing)
 {
     WatcherObject *w = (WatcherObject *)PyDict_GetItemWithError(self->watchers,
@@ -799,6 +807,22 @@ static PyObject *remove_watch(LoopObject *self, PyObject *fileobj,
     if (rc < 0)
         return NULL;
     return PyBool_FromLong(rc);
+}
+
+static PyObject *add_watch(LoopObject *self, PyObject *const *args,
+                           Py_ssize_t nargs, int writing)
+{
+    if (nargs < 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments",
+                     writing ? "_add_writer" : "_add_reader");
+        return NULL;
+    }
+    if (closed_error(self) < 0)
+        return NULL;
+    int fd = fileobj_to_fd(args[0]);
+    if (fd < 0)
+        return NULL;
+    return qloop_add_watch(self, fd, writing, args[1], args + 2, nargs - 2);
 }
 
 static PyObject *loop__add_reader(LoopObject *self, PyObject *const *args,

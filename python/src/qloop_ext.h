@@ -102,6 +102,15 @@ void qloop_freelists_clear(void);
 extern PyType_Spec qloop_loop_spec;
 extern PyType_Spec qloop_watcher_spec;
 int qloop_enter_context(LoopObject *loop, PyObject *ctx);
+/* add_reader/add_writer from C: `callback(*args)` runs on readiness (any
+ * callable; a C type with vectorcall is cheapest).  Returns a new reference
+ * to the handle, or NULL with an exception.  Replaces (and cancels) a
+ * previous reader/writer of the fd, as asyncio does. */
+PyObject *qloop_add_watch(LoopObject *loop, int fd, int writing,
+                          PyObject *callback, PyObject *const *args,
+                          Py_ssize_t nargs);
+/* remove_reader/remove_writer from C: 1 if removed, 0 if none, -1 on error. */
+int qloop_remove_watch(LoopObject *loop, int fd, int writing);
 void qloop_leave_context(LoopObject *loop);
 void qloop_report_callback_error(LoopObject *loop, HandleObject *h);
 
