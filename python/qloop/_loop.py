@@ -7,11 +7,11 @@ handlers, executors, shutdown, server and connection set-up) is asyncio's
 own code, inherited, so its behaviour and messages are asyncio's.
 """
 
-import asyncio
+import ipaddress
 import selectors
+import socket
 import sys
 import threading
-import warnings
 from asyncio import base_events, events, format_helpers, unix_events
 
 from . import _qloop
@@ -104,6 +104,18 @@ class Loop(_qloop.CLoop, unix_events.SelectorEventLoop):
         super().set_debug(enabled)
         self._set_c_debug(enabled)
 
+    # -- DNS ----------------------------------------------------------------
+
+    async def getaddrinfo(self, host, port, *,
+                          family=0, type=0, proto=0, flags=0):
+        """asyncio's getaddrinfo; numeric hosts are answered without a
+        thread (they cannot block), with IPv6 zone ids kept."""
+        if not self._debug and _is_numeric(host, port):
+            return socket.getaddrinfo(host, port, family, type, proto,
+                                      flags | socket.AI_NUMERICHOST)
+        return await super().getaddrinfo(host, port, family=family,
+                                          type=type, proto=proto, flags=flags)
+
     # -- what asyncio's Python code hands to the loop ---------------------
 
     def _add_callback(self, handle):
@@ -120,6 +132,26 @@ class Loop(_qloop.CLoop, unix_events.SelectorEventLoop):
 
     def _run_once(self):
         raise NotImplementedError("qloop runs its iterations in C")
+
+
+def _is_numeric(host, port):
+    """True when getaddrinfo(host, port) needs no resolver: a literal IP
+    (IPv6 with or without a %zone) and a numeric or absent port."""
+    if isinstance(host, bytes):
+        try:
+            host = host.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+    if not isinstance(host, str):
+        return False
+    if not (port is None or isinstance(port, int) or
+            (isinstance(port, (str, bytes)) and port.isdigit())):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def new_event_loop():
