@@ -41,9 +41,11 @@ typedef void (*ql_timer_fn)(ql_loop *loop, ql_timer *timer);
 /* `events` is what the kernel reported, masked by the watcher's interest
  * for QL_READABLE/QL_WRITABLE; QL_ERROR and QL_HANGUP are always passed. */
 typedef void (*ql_io_fn)(ql_loop *loop, ql_io *io, unsigned events);
-/* Around the poll system call, in the loop thread.  `leave` returning a
- * negative value ends ql_loop_run at once with that value (the events of
- * that poll are not dispatched; level-triggered watchers see them again). */
+/* Around a poll system call that may block (a timeout other than zero),
+ * in the loop thread: where a binding releases its interpreter lock.
+ * `leave` returning a negative value ends ql_loop_run at once with that
+ * value (the events of that poll are not dispatched; level-triggered
+ * watchers see them again). */
 typedef void (*ql_poll_enter_fn)(ql_loop *loop, void *data);
 typedef int (*ql_poll_leave_fn)(ql_loop *loop, void *data);
 
@@ -170,7 +172,7 @@ typedef struct ql_stats {
     uint64_t callbacks_run; /* ready-ring callbacks */
     uint64_t io_events;     /* watcher callbacks dispatched */
     uint64_t timers_fired;
-    int64_t poll_ns;        /* time spent in the poll system call */
+    int64_t poll_ns;        /* time spent in polls that may block */
 } ql_stats;
 void ql_loop_stats(const ql_loop *loop, ql_stats *out);
 

@@ -250,6 +250,11 @@ void ql_timer_init(ql_timer *timer, ql_timer_fn cb, void *data)
 
 int ql_timer_start(ql_loop *loop, ql_timer *timer, int64_t deadline_ns)
 {
+    /* Armed from a timer callback for a deadline already past: due "now",
+     * so it sorts after every timer that was due before it was armed and
+     * run_timers() can stop at it without holding one of those back. */
+    if (loop->in_timer_pass && deadline_ns < loop->now)
+        deadline_ns = loop->now;
     timer->deadline = deadline_ns;
     timer->seq = loop->timer_seq++;
     if (ql_timer_active(timer)) {
@@ -282,12 +287,15 @@ int ql_loop_visit_timers(ql_loop *loop, ql_timer_visit_fn visit, void *ctx)
 
 /* Fire the due timers.  A timer armed during this pass (seq >= limit) is
  * left for the next iteration even when due, so a callback that re-arms
- * itself for "now" cannot starve the loop.  Stopping at such a timer keeps
- * deadline order: everything behind it is due no earlier. */
+ * itself for "now" cannot starve the loop.  Stopping at such a timer holds
+ * back no timer that was already due: ql_timer_start() gives a timer armed
+ * in this pass a deadline no earlier than `now`, and equal deadlines order
+ * by seq. */
 static void run_timers(ql_loop *loop)
 {
     uint64_t limit = loop->timer_seq;
     int64_t now = loop->now;
+    loop->in_timer_pass = 1;
     while (loop->timers.count) {
         ql__heap_slot *top = &loop->timers.slots[QL_HEAP0];
         ql_timer *timer = top->timer;
@@ -299,6 +307,7 @@ static void run_timers(ql_loop *loop)
         if (loop->broken)
             break;
     }
+    loop->in_timer_pass = 0;
 }
 
 /* ---- fd watchers --------------------------------------------------------- */
@@ -347,15 +356,19 @@ int ql_io_start(ql_loop *loop, ql_io *io, unsigned events)
     }
     if (io->fd < 0)
         return -EBADF;
-    rc = ensure_watcher_slot(loop, io->fd);
-    if (rc < 0)
-        return rc;
-    if (loop->watchers[io->fd])
+    if ((uint32_t)io->fd < loop->nwatchers && loop->watchers[io->fd])
         return -EEXIST;
+    /* The kernel first: only an fd it accepts may size the table (an fd
+     * is below RLIMIT_NOFILE; INT_MAX would ask for 16 GiB). */
     io->gen = ++loop->io_gen;
     rc = ql__backend_modify(loop, io, 0, events);
     if (rc < 0)
         return rc;
+    rc = ensure_watcher_slot(loop, io->fd);
+    if (rc < 0) {
+        ql__backend_modify(loop, io, events, 0);
+        return rc;
+    }
     loop->watchers[io->fd] = io;
     io->active = 1;
     io->events = events;
@@ -406,29 +419,36 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
     if (loop->broken)
         return QL_BROKEN;
 
-    int64_t timeout = -1;
+    /* The clock is read once per iteration, after the poll; before it only
+     * when a timer bounds a poll that may block.  The poll hooks (the
+     * binding releases the GIL there) run only around a poll that may
+     * block: for a zero timeout they would cost more than the poll. */
+    int64_t timeout = -1, t0 = 0;
     atomic_store(&loop->polling, 1);
-    int64_t t0 = ql_time_ns();
-    loop->now = t0;
     if (mode == QL_RUN_NOWAIT || (mode == QL_RUN_ONCE && ran) ||
         loop->ready.count || loop->stop_requested ||
         atomic_load(&loop->wakeup_pending)) {
         timeout = 0;
-    } else if (loop->timers.count) {
-        timeout = loop->timers.slots[QL_HEAP0].deadline - t0;
-        if (timeout < 0)
-            timeout = 0;
+    } else {
+        t0 = loop->now = ql_time_ns();
+        if (loop->timers.count) {
+            timeout = loop->timers.slots[QL_HEAP0].deadline - t0;
+            if (timeout < 0)
+                timeout = 0;
+        }
     }
 
-    if (loop->poll_enter)
+    int hooks = timeout != 0;
+    if (hooks && loop->poll_enter)
         loop->poll_enter(loop, loop->poll_hook_data);
     int n = ql__backend_wait(loop, timeout);
     atomic_store(&loop->polling, 0);
-    int hook_rc = loop->poll_leave
+    int hook_rc = hooks && loop->poll_leave
                       ? loop->poll_leave(loop, loop->poll_hook_data)
                       : 0;
     loop->now = ql_time_ns();
-    loop->stats.poll_ns += loop->now - t0;
+    if (timeout != 0)
+        loop->stats.poll_ns += loop->now - t0;
     loop->stats.iterations++;
     if (hook_rc < 0)
         return hook_rc;

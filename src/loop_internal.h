@@ -16,6 +16,7 @@ struct ql_loop {
     ql__ready_ring ready;
     ql__timer_heap timers;
     uint64_t timer_seq;
+    int in_timer_pass; /* run_timers() is firing timers */
 
     /* fd -> watcher, NULL where nothing watches. */
     ql_io **watchers;
