@@ -157,7 +157,9 @@ int ql__backend_wait(ql_loop *loop, int64_t timeout_ns)
     struct ql_backend *b = loop->backend;
     int n;
 #ifdef QL_HAVE_EPOLL_PWAIT2
-    if (pwait2_usable) {
+    /* Only a positive timeout needs the timespec; 0 and "forever" are
+     * exact in milliseconds and epoll_wait copies nothing in. */
+    if (timeout_ns > 0 && pwait2_usable) {
         struct timespec ts, *tsp = NULL;
         if (timeout_ns >= 0) {
             ts.tv_sec = timeout_ns / 1000000000;

@@ -298,9 +298,9 @@ static void run_timers(ql_loop *loop)
     loop->in_timer_pass = 1;
     while (loop->timers.count) {
         ql__heap_slot *top = &loop->timers.slots[QL_HEAP0];
-        ql_timer *timer = top->timer;
-        if (top->deadline > now || timer->seq >= limit)
+        if (top->deadline > now || top->seq >= limit)
             break;
+        ql_timer *timer = top->timer;
         ql__heap_remove(&loop->timers, timer);
         loop->stats.timers_fired++;
         timer->cb(loop, timer);
@@ -424,10 +424,16 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
      * binding releases the GIL there) run only around a poll that may
      * block: for a zero timeout they would cost more than the poll. */
     int64_t timeout = -1, t0 = 0;
-    atomic_store(&loop->polling, 1);
-    if (mode == QL_RUN_NOWAIT || (mode == QL_RUN_ONCE && ran) ||
-        loop->ready.count || loop->stop_requested ||
-        atomic_load(&loop->wakeup_pending)) {
+    int may_block = !(mode == QL_RUN_NOWAIT || (mode == QL_RUN_ONCE && ran) ||
+                      loop->ready.count || loop->stop_requested);
+    if (may_block) {
+        /* The wakeup handshake (see ql_loop_wakeup) only matters for a poll
+         * that may block; a full barrier costs as much as a short callback. */
+        atomic_store(&loop->polling, 1);
+        if (atomic_load(&loop->wakeup_pending))
+            may_block = 0;
+    }
+    if (!may_block) {
         timeout = 0;
     } else {
         t0 = loop->now = ql_time_ns();
@@ -442,7 +448,8 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
     if (hooks && loop->poll_enter)
         loop->poll_enter(loop, loop->poll_hook_data);
     int n = ql__backend_wait(loop, timeout);
-    atomic_store(&loop->polling, 0);
+    if (may_block)
+        atomic_store_explicit(&loop->polling, 0, memory_order_release);
     int hook_rc = hooks && loop->poll_leave
                       ? loop->poll_leave(loop, loop->poll_hook_data)
                       : 0;

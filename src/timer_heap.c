@@ -7,13 +7,12 @@
 #define HPARENT(k) ((((k) - QL_HEAP0 - 1) / QL_DHEAP) + QL_HEAP0)
 #define HCHILD0(k) (QL_DHEAP * ((k) - QL_HEAP0) + QL_HEAP0 + 1)
 
-/* Order by deadline, then by start sequence (FIFO for equal deadlines).
- * Only a tie dereferences the timers. */
+/* Order by deadline, then by start sequence (FIFO for equal deadlines). */
 static inline int slot_before(const ql__heap_slot *a, const ql__heap_slot *b)
 {
     if (a->deadline != b->deadline)
         return a->deadline < b->deadline;
-    return a->timer->seq < b->timer->seq;
+    return a->seq < b->seq;
 }
 
 static inline void place(ql__timer_heap *heap, uint32_t k, ql__heap_slot s)
@@ -84,6 +83,7 @@ int ql__heap_insert(ql__timer_heap *heap, ql_timer *timer)
     }
     heap->count++;
     heap->slots[k].deadline = timer->deadline;
+    heap->slots[k].seq = timer->seq;
     heap->slots[k].timer = timer;
     timer->heap_index = k;
     sift_up(heap, k);
@@ -110,6 +110,7 @@ void ql__heap_update(ql__timer_heap *heap, ql_timer *timer)
 {
     uint32_t k = timer->heap_index;
     heap->slots[k].deadline = timer->deadline;
+    heap->slots[k].seq = timer->seq;
     if (k > QL_HEAP0 && slot_before(&heap->slots[k], &heap->slots[HPARENT(k)]))
         sift_up(heap, k);
     else
@@ -121,7 +122,8 @@ int ql__heap_verify(const ql__timer_heap *heap)
     uint32_t end = QL_HEAP0 + heap->count;
     for (uint32_t k = QL_HEAP0; k < end; k++) {
         const ql__heap_slot *s = &heap->slots[k];
-        if (s->timer->heap_index != k || s->timer->deadline != s->deadline)
+        if (s->timer->heap_index != k || s->timer->deadline != s->deadline ||
+            s->timer->seq != s->seq)
             return 0;
         if (k > QL_HEAP0 && slot_before(s, &heap->slots[HPARENT(k)]))
             return 0;

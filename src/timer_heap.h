@@ -2,11 +2,12 @@
  * The timer heap: a 4-ary min-heap in one array.
  *
  * As in libev, the root sits at HEAP0 = DHEAP - 1 so that the four children
- * of a node are contiguous and, with 16-byte slots, share one cache line.
- * Each slot caches the deadline next to the timer pointer, so sifting only
- * dereferences a timer to break a tie on equal deadlines (by start order,
- * which makes equal deadlines fire first-in first-out).  Every move writes
- * the new index back into the timer, which makes removal O(log n).
+ * of a node are contiguous.  Each slot caches the deadline and the start
+ * sequence next to the timer pointer, so sifting never dereferences a
+ * timer: equal deadlines are common (many timers armed with one delay from
+ * one cached clock) and the tie-break (start order: first-in first-out)
+ * would otherwise miss the cache on every timer it touches.  Every move
+ * writes the new index back into the timer, which makes removal O(log n).
  */
 #ifndef QL_TIMER_HEAP_H
 #define QL_TIMER_HEAP_H
@@ -18,6 +19,7 @@
 
 typedef struct ql__heap_slot {
     int64_t deadline;
+    uint64_t seq;
     ql_timer *timer;
 } ql__heap_slot;
 
@@ -32,7 +34,7 @@ void ql__heap_free(ql__timer_heap *heap);
 /* timer->deadline and timer->seq must be set.  0 or -ENOMEM. */
 int ql__heap_insert(ql__timer_heap *heap, ql_timer *timer);
 void ql__heap_remove(ql__timer_heap *heap, ql_timer *timer);
-/* Restore order after timer->deadline or timer->seq changed in place. */
+/* Restore order after timer->deadline and timer->seq changed in place. */
 void ql__heap_update(ql__timer_heap *heap, ql_timer *timer);
 /* 1 when every parent orders before its children and every timer's
  * heap_index and cached deadline match its slot. */
