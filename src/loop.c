@@ -2,16 +2,19 @@
  * The loop core: clock, run modes, the ready ring pass, timers, watcher
  * bookkeeping, the thread-safe wakeup, fork.
  *
- * One iteration, in this order (a decision, see below):
- *   1. run the callbacks that were in the ready ring when the iteration
- *      began; those they queue wait for the next iteration;
- *   2. poll: timeout 0 when anything is queued, a stop was asked for or a
+ * One iteration, in this order (asyncio's _run_once, deliberately):
+ *   1. poll: timeout 0 when anything is queued, a stop was asked for or a
  *      wakeup is pending; otherwise until the first timer, or forever;
- *   3. dispatch the I/O events;
- *   4. run the timers that are due, except those armed during this pass.
- * Running the ring first means what I/O callbacks and timers queue runs at
- * the start of the next iteration, before its poll: one poll per round trip
- * and no extra zero-timeout poll.
+ *   2. dispatch the I/O events;
+ *   3. fire the timers that are due, except those armed during this pass;
+ *   4. run the callbacks that are in the ready ring when this pass begins;
+ *      those they queue wait for the next iteration.
+ * So what I/O callbacks and timers queue runs in the same iteration, right
+ * after them, and a binding that queues its I/O and timer handles on the
+ * ring (as qloop's asyncio loop does) gets asyncio's order exactly: what
+ * was queued before, then I/O, then timers.  stop() during the ring pass
+ * ends the run after it; stop() before a run gives one iteration that polls
+ * without blocking and runs what that poll and the due timers produce.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -161,9 +164,8 @@ int ql_loop_visit_ready(ql_loop *loop, ql_visit_fn visit, void *ctx)
     return rc;
 }
 
-/* Run exactly the callbacks queued when the pass began.  Returns how many
- * ran. */
-static uint32_t run_ready(ql_loop *loop)
+/* Run exactly the callbacks queued when the pass began. */
+static void run_ready(ql_loop *loop)
 {
     uint32_t n = loop->ready.count, ran = 0;
     ql__ready_entry e;
@@ -174,7 +176,6 @@ static uint32_t run_ready(ql_loop *loop)
             break;
     }
     loop->stats.callbacks_run += ran;
-    return ran;
 }
 
 /* ---- wakeup -------------------------------------------------------------- */
@@ -415,17 +416,13 @@ void ql__io_dispatch(ql_loop *loop, int fd, uint32_t gen, unsigned events)
 
 static int iterate(ql_loop *loop, ql_run_mode mode)
 {
-    uint32_t ran = run_ready(loop);
-    if (loop->broken)
-        return QL_BROKEN;
-
     /* The clock is read once per iteration, after the poll; before it only
      * when a timer bounds a poll that may block.  The poll hooks (the
      * binding releases the GIL there) run only around a poll that may
      * block: for a zero timeout they would cost more than the poll. */
     int64_t timeout = -1, t0 = 0;
-    int may_block = !(mode == QL_RUN_NOWAIT || (mode == QL_RUN_ONCE && ran) ||
-                      loop->ready.count || loop->stop_requested);
+    int may_block = !(mode == QL_RUN_NOWAIT || loop->ready.count ||
+                      loop->stop_requested);
     if (may_block) {
         /* The wakeup handshake (see ql_loop_wakeup) only matters for a poll
          * that may block; a full barrier costs as much as a short callback. */
@@ -486,6 +483,9 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
     }
 
     run_timers(loop);
+    if (loop->broken)
+        return QL_BROKEN;
+    run_ready(loop);
     return loop->broken ? QL_BROKEN : 0;
 }
 

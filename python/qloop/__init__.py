@@ -25,14 +25,15 @@ _POLICIES_DEPRECATED = _sys.version_info >= (3, 14)
 
 def run(main, *, debug=None):
     """Run coroutine `main` on a new qloop loop and close it, as asyncio.run."""
+    if _events._get_running_loop() is not None:
+        # asyncio.run checks before it makes a loop; so do we.
+        raise RuntimeError(
+            "asyncio.run() cannot be called from a running event loop")
     if _sys.version_info >= (3, 11):
         with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
             return runner.run(main)
     # 3.10: asyncio.run's body, with a qloop loop.
     from asyncio import runners
-    if _events._get_running_loop() is not None:
-        raise RuntimeError(
-            "asyncio.run() cannot be called from a running event loop")
     if not _coroutines.iscoroutine(main):
         raise ValueError("a coroutine was expected, got {!r}".format(main))
     loop = new_event_loop()

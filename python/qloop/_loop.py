@@ -43,7 +43,10 @@ class _WatcherView(selectors.BaseSelector):
         reader, writer = watched
         mask = (selectors.EVENT_READ if reader is not None else 0) | (
             selectors.EVENT_WRITE if writer is not None else 0)
-        fd = selectors._fileobj_to_fd(fileobj)
+        try:
+            fd = selectors._fileobj_to_fd(fileobj)
+        except ValueError:
+            fd = -1
         return selectors.SelectorKey(fileobj, fd, mask, (reader, writer))
 
     def get_map(self):
@@ -194,7 +197,7 @@ def _handle_repr(handle):
         frame = handle._source_traceback[-1]
         info.append(f"created at {frame[0]}:{frame[1]}")
     if isinstance(handle, _qloop.TimerHandle):
-        info.insert(2, f"when={handle._when}")
+        info.insert(2 if handle._cancelled else 1, f"when={handle._when}")
     return "<{}>".format(" ".join(info))
 
 

@@ -120,7 +120,7 @@ void qloop_handle_run(LoopObject *loop, HandleObject *h)
     PyObject *cb = h->callback;
     if (h->context != loop->cur_ctx &&
         qloop_enter_context(loop, h->context) < 0) {
-        qloop_report_callback_error(loop, h);
+        qloop_report_callback_error(loop, h, 1);
         return;
     }
     /* cancel() from inside the callback must not free what is running. */
@@ -131,7 +131,7 @@ void qloop_handle_run(LoopObject *loop, HandleObject *h)
     if (res)
         Py_DECREF(res);
     else
-        qloop_report_callback_error(loop, h);
+        qloop_report_callback_error(loop, h, 1);
     if (h->cancelled && h->callback)
         qloop_handle_clear_callback(h);
 }
@@ -219,26 +219,51 @@ static PyObject *handle_get_context(HandleObject *h,
     return Py_NewRef(h->context ? h->context : Py_None);
 }
 
-/* handle._run(): asyncio's entry point, used outside the loop's own pass. */
+/* handle._run(): asyncio's entry point, called by Python code (maybe from
+ * inside another callback).  It enters and exits the handle's context
+ * itself, leaving the loop's lazily entered one alone, and like asyncio's
+ * Handle._run re-raises SystemExit and KeyboardInterrupt. */
 static PyObject *handle__run(HandleObject *h, PyObject *Py_UNUSED(ignored))
 {
     if (h->cancelled || !h->callback || !h->loop)
         Py_RETURN_NONE;
     LoopObject *loop = h->loop;
+    PyObject *res = NULL;
     Py_INCREF(h);
     Py_INCREF(loop);
-    qloop_handle_run(loop, h);
-    qloop_leave_context(loop);
+    if (PyContext_Enter(h->context) == 0) {
+        h->running = 1;
+        res = PyObject_Vectorcall(h->callback, h->args,
+                                  (size_t)h->nargs |
+                                      PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                  NULL);
+        h->running = 0;
+        if (PyContext_Exit(h->context) < 0)
+            Py_CLEAR(res);
+    }
+    PyObject *result = Py_None;
+    if (res) {
+        Py_DECREF(res);
+    } else if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+               PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        result = NULL;
+    } else {
+        PyObject *exc_saved = loop->pending_exc;
+        loop->pending_exc = NULL;
+        qloop_report_callback_error(loop, h, 0);
+        if (loop->pending_exc) { /* the handler raised SystemExit & co. */
+            PyObject *exc = loop->pending_exc;
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+            result = NULL;
+        }
+        loop->pending_exc = exc_saved;
+    }
+    if (h->cancelled && h->callback)
+        qloop_handle_clear_callback(h);
     Py_DECREF(loop);
     Py_DECREF(h);
-    if (loop->pending_exc) {
-        PyObject *exc = loop->pending_exc;
-        loop->pending_exc = NULL;
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return Py_XNewRef(result);
 }
 
 static PyObject *handle_get_callback(HandleObject *h, void *Py_UNUSED(c))

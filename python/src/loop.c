@@ -87,7 +87,8 @@ static void stop_with(LoopObject *loop, PyObject *exc)
 
 /* With an exception set by handle `h`'s callback: asyncio's
  * "Exception in callback ..." through call_exception_handler. */
-void qloop_report_callback_error(LoopObject *loop, HandleObject *h)
+void qloop_report_callback_error(LoopObject *loop, HandleObject *h,
+                                 int own_context)
 {
     PyObject *exc = fetch_exception();
     if (!exc)
@@ -96,8 +97,8 @@ void qloop_report_callback_error(LoopObject *loop, HandleObject *h)
         stop_with(loop, exc);
         return;
     }
-    /* asyncio reports outside the callback's context. */
-    qloop_leave_context(loop);
+    if (own_context)
+        qloop_leave_context(loop);
     PyObject *res = PyObject_CallFunctionObjArgs(
         loop->st->handle_exception, (PyObject *)h, exc, NULL);
     Py_DECREF(exc);
@@ -168,15 +169,20 @@ static void ring_run(ql_loop *ql, void *arg)
     Py_DECREF(h);
 }
 
-/* Timer: the loop owns one reference while the timer is armed. */
+/* Timer: the loop owns one reference while the timer is armed, and hands
+ * it to the ring when the timer fires.  Like asyncio's _run_once, a due
+ * timer joins the ready queue behind what is already queued instead of
+ * overtaking it; the reactor runs the ring first in its next iteration,
+ * before polling again, so this costs no extra poll. */
 static void timer_fired(ql_loop *ql, ql_timer *timer)
 {
-    (void)ql;
     TimerHandleObject *t = timer->data;
-    HandleObject *h = &t->base;
     t->scheduled = 0;
-    run_handle(h->loop, h);
-    Py_DECREF(h);
+    if (ql_call_soon(ql, ring_run, t) < 0) {
+        /* Out of memory for the ring: run it now rather than lose it. */
+        run_handle(t->base.loop, &t->base);
+        Py_DECREF(t);
+    }
 }
 
 /* ---- poll hooks -------------------------------------------------------------- */
@@ -429,10 +435,19 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *self,
                                        args + 1, nargs - 1, context);
     if (!h)
         return NULL;
-    Py_INCREF(h);
-    int rc = ql_call_soon_threadsafe(self->ql, ring_run, h);
-    if (rc < 0) {
+    /* Whoever holds the GIL may touch the ring: the loop thread is then
+     * either blocked in poll (the GIL is released only around a poll that
+     * may block) or waiting for the GIL.  So the handle joins the ring in
+     * FIFO order with call_soon, as in asyncio, and only the wakeup is
+     * cross-thread.  (A build without the GIL would need the reactor's
+     * ql_call_soon_threadsafe instead.) */
+    if (ql_call_soon(self->ql, ring_run, h) < 0) {
         Py_DECREF(h);
+        return PyErr_NoMemory();
+    }
+    Py_INCREF(h);
+    int rc = ql_loop_wakeup(self->ql);
+    if (rc < 0) {
         Py_DECREF(h);
         errno = -rc;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -524,7 +539,8 @@ static PyObject *loop_call_later(LoopObject *self, PyObject *const *args,
     double delay = PyFloat_AsDouble(args[0]);
     if (delay == -1.0 && PyErr_Occurred())
         return NULL;
-    if (self->debug && debug_checks(self, args[1], "call_later", 1) < 0)
+    /* asyncio's call_later checks inside call_at, under that name. */
+    if (self->debug && debug_checks(self, args[1], "call_at", 1) < 0)
         return NULL;
     double when = (double)ql_time_ns() / 1e9 + delay;
     return schedule_timer(self, when, args + 1, nargs - 1, context);
@@ -590,6 +606,10 @@ static PyObject *loop__close_reactor(LoopObject *self,
     }
     self->closed = 1;
     loop_release_all(self);
+    /* The poller's fds go now, not when the object dies; every path that
+     * touches self->ql checks it first. */
+    ql_loop_free(self->ql);
+    self->ql = NULL;
     Py_RETURN_NONE;
 }
 
@@ -680,9 +700,22 @@ static int watcher_update(WatcherObject *w)
     return 0;
 }
 
+static PyObject *add_watch_fileobj(LoopObject *self, int fd,
+                                   PyObject *fileobj, int writing,
+                                   PyObject *callback, PyObject *const *args,
+                                   Py_ssize_t nargs);
+
 PyObject *qloop_add_watch(LoopObject *self, int fd, int writing,
                           PyObject *callback, PyObject *const *args,
                           Py_ssize_t nargs)
+{
+    return add_watch_fileobj(self, fd, NULL, writing, callback, args, nargs);
+}
+
+static PyObject *add_watch_fileobj(LoopObject *self, int fd,
+                                   PyObject *fileobj, int writing,
+                                   PyObject *callback, PyObject *const *args,
+                                   Py_ssize_t nargs)
 {
     if (closed_error(self) < 0)
         return NULL;
@@ -705,6 +738,7 @@ PyObject *qloop_add_watch(LoopObject *self, int fd, int writing,
         if (!w)
             goto fail;
         w->loop = (LoopObject *)Py_NewRef((PyObject *)self);
+        w->fileobj = NULL;
         w->reader = w->writer = NULL;
         ql_io_init(&w->io, fd, watcher_io, w);
         PyObject_GC_Track(w);
@@ -715,6 +749,8 @@ PyObject *qloop_add_watch(LoopObject *self, int fd, int writing,
         Py_DECREF(w); /* the dict holds it */
         created = 1;
     }
+    if (fileobj)
+        Py_XSETREF(w->fileobj, Py_NewRef(fileobj));
     HandleObject **slot = writing ? &w->writer : &w->reader;
     HandleObject *old = *slot;
     *slot = h; /* takes our reference */
@@ -791,12 +827,31 @@ static int remove_watch_fd(LoopObject *self, PyObject *key, int fd,
     return 1;
 }
 
+/* selectors' _fileobj_lookup: the fd, or else (a socket closed since it
+ * was registered) the fd it was registered under.  -1 with ValueError. */
+static int lookup_fd(LoopObject *self, PyObject *fileobj)
+{
+    int fd = fileobj_to_fd(fileobj);
+    if (fd >= 0 || !PyErr_ExceptionMatches(PyExc_ValueError) ||
+        !self->watchers)
+        return fd;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(self->watchers, &pos, &key, &value)) {
+        if (((WatcherObject *)value)->fileobj == fileobj) {
+            PyErr_Clear();
+            return ((WatcherObject *)value)->io.fd;
+        }
+    }
+    return -1;
+}
+
 static PyObject *remove_watch(LoopObject *self, PyObject *fileobj,
                               int writing)
 {
     if (self->closed || !self->ql)
         Py_RETURN_FALSE;
-    int fd = fileobj_to_fd(fileobj);
+    int fd = lookup_fd(self, fileobj);
     if (fd < 0)
         return NULL;
     PyObject *key = PyLong_FromLong(fd);
@@ -822,7 +877,8 @@ static PyObject *add_watch(LoopObject *self, PyObject *const *args,
     int fd = fileobj_to_fd(args[0]);
     if (fd < 0)
         return NULL;
-    return qloop_add_watch(self, fd, writing, args[1], args + 2, nargs - 2);
+    return add_watch_fileobj(self, fd, args[0], writing, args[1], args + 2,
+                             nargs - 2);
 }
 
 static PyObject *loop__add_reader(LoopObject *self, PyObject *const *args,
@@ -853,7 +909,7 @@ static PyObject *loop__watched(LoopObject *self, PyObject *fileobj)
 {
     if (!self->watchers)
         Py_RETURN_NONE;
-    int fd = fileobj_to_fd(fileobj);
+    int fd = lookup_fd(self, fileobj);
     if (fd < 0)
         return NULL;
     PyObject *key = PyLong_FromLong(fd);
@@ -887,9 +943,13 @@ static void watcher_run_side(WatcherObject *w, int writing)
         Py_XDECREF(key);
         return;
     }
+    /* Into the ready queue behind what is already there, as asyncio's
+     * _process_events does; the ring owns the new reference. */
     Py_INCREF(h);
-    run_handle(loop, h);
-    Py_DECREF(h);
+    if (ql_call_soon(loop->ql, ring_run, h) < 0) {
+        run_handle(loop, h);
+        Py_DECREF(h);
+    }
 }
 
 static void watcher_io(ql_loop *ql, ql_io *io, unsigned events)
@@ -909,6 +969,7 @@ static int watcher_traverse(WatcherObject *w, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(w));
     Py_VISIT(w->loop);
+    Py_VISIT(w->fileobj);
     Py_VISIT(w->reader);
     Py_VISIT(w->writer);
     return 0;
@@ -917,6 +978,7 @@ static int watcher_traverse(WatcherObject *w, visitproc visit, void *arg)
 static int watcher_clear(WatcherObject *w)
 {
     watcher_stop(w);
+    Py_CLEAR(w->fileobj);
     Py_CLEAR(w->loop);
     return 0;
 }
@@ -970,6 +1032,26 @@ static PyMethodDef loop_methods[] = {
     {"_remove_reader", (PyCFunction)loop__remove_reader, METH_O, NULL},
     {"_remove_writer", (PyCFunction)loop__remove_writer, METH_O, NULL},
     {"_watched", (PyCFunction)loop__watched, METH_O, NULL},
+    /* sock.c; recvfrom/recvfrom_into/sendto exist from 3.11, as in asyncio */
+    {"sock_recv", (PyCFunction)(void (*)(void))qloop_sock_recv,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"sock_recv_into", (PyCFunction)(void (*)(void))qloop_sock_recv_into,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+#if PY_VERSION_HEX >= 0x030B0000
+    {"sock_recvfrom", (PyCFunction)(void (*)(void))qloop_sock_recvfrom,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"sock_recvfrom_into",
+     (PyCFunction)(void (*)(void))qloop_sock_recvfrom_into,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"sock_sendto", (PyCFunction)(void (*)(void))qloop_sock_sendto,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+#endif
+    {"sock_sendall", (PyCFunction)(void (*)(void))qloop_sock_sendall,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"sock_connect", (PyCFunction)(void (*)(void))qloop_sock_connect,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"sock_accept", (PyCFunction)(void (*)(void))qloop_sock_accept,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

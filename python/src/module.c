@@ -73,7 +73,8 @@ static int module_exec(PyObject *module)
         add_type(module, &qloop_handle_spec, NULL, &st->HandleType) < 0 ||
         add_type(module, &qloop_timer_handle_spec, (PyObject *)st->HandleType,
                  &st->TimerHandleType) < 0 ||
-        add_type(module, &qloop_watcher_spec, NULL, &st->WatcherType) < 0)
+        add_type(module, &qloop_watcher_spec, NULL, &st->WatcherType) < 0 ||
+        qloop_sock_exec(module, st) < 0)
         return -1;
     st->str_check_thread = PyUnicode_InternFromString("_check_thread");
     st->str_current_handle = PyUnicode_InternFromString("_current_handle");
@@ -99,7 +100,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->extract_stack);
     Py_VISIT(st->log_slow);
     Py_VISIT(st->check_callback);
-    return 0;
+    return qloop_sock_traverse(st, visit, arg);
 }
 
 static int module_clear(PyObject *module)
@@ -121,6 +122,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->str_current_handle);
     Py_CLEAR(st->str_slow_callback_duration);
     Py_CLEAR(st->str_context);
+    qloop_sock_clear(st);
     return 0;
 }
 

@@ -42,6 +42,11 @@ typedef struct {
     PyObject *str_current_handle;
     PyObject *str_slow_callback_duration;
     PyObject *str_context;
+    /* sock.c */
+    PyTypeObject *SockCoroutineType;
+    PyTypeObject *SockWaiterType;
+    PyObject *sock_names;   /* tuple of interned method names */
+    PyObject *sock_imports; /* tuple of classes and functions, on first use */
 } qloop_state;
 
 typedef struct LoopObject LoopObject;
@@ -71,6 +76,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     LoopObject *loop;
+    PyObject *fileobj; /* as registered last (a selector key's fileobj) */
     ql_io io;
     HandleObject *reader;
     HandleObject *writer;
@@ -112,7 +118,33 @@ PyObject *qloop_add_watch(LoopObject *loop, int fd, int writing,
 /* remove_reader/remove_writer from C: 1 if removed, 0 if none, -1 on error. */
 int qloop_remove_watch(LoopObject *loop, int fd, int writing);
 void qloop_leave_context(LoopObject *loop);
-void qloop_report_callback_error(LoopObject *loop, HandleObject *h);
+/* With the callback's exception set: asyncio's "Exception in callback"
+ * report.  `own_context`: the loop entered h's context lazily and the
+ * report is made outside it, as asyncio's is. */
+void qloop_report_callback_error(LoopObject *loop, HandleObject *h,
+                                 int own_context);
+
+/* sock.c: the sock_* methods of CLoop (METH_FASTCALL | METH_KEYWORDS),
+ * returning coroutines; the SockCoroutine and SockWaiter types. */
+PyObject *qloop_sock_recv(LoopObject *self, PyObject *const *args,
+                          Py_ssize_t nargsf, PyObject *kwnames);
+PyObject *qloop_sock_recv_into(LoopObject *self, PyObject *const *args,
+                               Py_ssize_t nargsf, PyObject *kwnames);
+PyObject *qloop_sock_recvfrom(LoopObject *self, PyObject *const *args,
+                              Py_ssize_t nargsf, PyObject *kwnames);
+PyObject *qloop_sock_recvfrom_into(LoopObject *self, PyObject *const *args,
+                                   Py_ssize_t nargsf, PyObject *kwnames);
+PyObject *qloop_sock_sendall(LoopObject *self, PyObject *const *args,
+                             Py_ssize_t nargsf, PyObject *kwnames);
+PyObject *qloop_sock_sendto(LoopObject *self, PyObject *const *args,
+                            Py_ssize_t nargsf, PyObject *kwnames);
+PyObject *qloop_sock_connect(LoopObject *self, PyObject *const *args,
+                             Py_ssize_t nargsf, PyObject *kwnames);
+PyObject *qloop_sock_accept(LoopObject *self, PyObject *const *args,
+                            Py_ssize_t nargsf, PyObject *kwnames);
+int qloop_sock_exec(PyObject *module, qloop_state *st);
+int qloop_sock_traverse(qloop_state *st, visitproc visit, void *arg);
+void qloop_sock_clear(qloop_state *st);
 
 /* module.c */
 qloop_state *qloop_state_from_type(PyTypeObject *type);
