@@ -7,6 +7,7 @@ handlers, executors, shutdown, server and connection set-up) is asyncio's
 own code, inherited, so its behaviour and messages are asyncio's.
 """
 
+import inspect
 import ipaddress
 import selectors
 import socket
@@ -164,8 +165,13 @@ def new_event_loop():
 
 # -- slow paths the C core calls back into ------------------------------------
 
+# _format_callback_source grew a `debug` parameter in 3.13.
+_FORMAT_TAKES_DEBUG = "debug" in inspect.signature(
+    format_helpers._format_callback_source).parameters
+
+
 def _format_callback(callback, args, loop):
-    if sys.version_info >= (3, 12):
+    if _FORMAT_TAKES_DEBUG:
         return format_helpers._format_callback_source(
             callback, args, debug=loop.get_debug())
     return format_helpers._format_callback_source(callback, args)
