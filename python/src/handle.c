@@ -14,7 +14,11 @@
 
 #include "qloop_ext.h"
 
-#define FREELIST_MAX 256
+/* Larger than a typical burst of handles in flight (uvloop keeps 250):
+ * a handle from the freelist skips the allocator and does not advance the
+ * GC's allocation count, which is what triggers collections.  At most a
+ * few hundred KiB stay cached. */
+#define FREELIST_MAX 4096
 
 static HandleObject *handle_freelist[FREELIST_MAX];
 static int handle_nfree;
