@@ -459,8 +459,10 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *self,
  * rounded up: a timer never fires before its `when`. */
 static int64_t when_to_ns(double when)
 {
+    if (isnan(when))
+        return INT64_MIN; /* asyncio's heap runs it at once, so do we */
     if (!(when < 9.2e9))
-        return INT64_MAX; /* also NaN */
+        return INT64_MAX;
     if (when < -9.2e9)
         return INT64_MIN;
     double ns = ceil(when * 1e9);
