@@ -492,21 +492,31 @@ static PyObject *schedule_timer(LoopObject *self, double when,
     return (PyObject *)h;
 }
 
-static PyObject *loop_call_at(LoopObject *self, PyObject *const *args,
-                              Py_ssize_t nargsf, PyObject *kwnames)
+/* call_at(when, ...) and call_later(delay, ...): one body, asyncio's
+ * messages.  `relative`: args[0] is a delay from now. */
+static PyObject *call_timer(LoopObject *self, PyObject *const *args,
+                           Py_ssize_t nargsf, PyObject *kwnames,
+                           const char *fname, int relative)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    const char *first = relative ? "delay" : "when";
     PyObject *context;
     if (nargs < 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "call_at() missing %s required positional argument%s",
-                     nargs ? "1" : "2", nargs ? ": 'callback'" : "s: 'when' and 'callback'");
+        if (nargs)
+            PyErr_Format(PyExc_TypeError,
+                         "%s() missing 1 required positional argument: "
+                         "'callback'", fname);
+        else
+            PyErr_Format(PyExc_TypeError,
+                         "%s() missing 2 required positional arguments: "
+                         "'%s' and 'callback'", fname, first);
         return NULL;
     }
-    if (parse_context(kwnames, args, nargs, "call_at", &context) < 0)
+    if (parse_context(kwnames, args, nargs, fname, &context) < 0)
         return NULL;
     if (args[0] == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "when cannot be None");
+        PyErr_SetString(PyExc_TypeError, relative ? "delay must not be None"
+                                                  : "when cannot be None");
         return NULL;
     }
     if (closed_error(self) < 0)
@@ -514,38 +524,24 @@ static PyObject *loop_call_at(LoopObject *self, PyObject *const *args,
     double when = PyFloat_AsDouble(args[0]);
     if (when == -1.0 && PyErr_Occurred())
         return NULL;
+    /* asyncio's call_later checks inside call_at, under that name. */
     if (self->debug && debug_checks(self, args[1], "call_at", 1) < 0)
         return NULL;
+    if (relative)
+        when += (double)ql_time_ns() / 1e9;
     return schedule_timer(self, when, args + 1, nargs - 1, context);
+}
+
+static PyObject *loop_call_at(LoopObject *self, PyObject *const *args,
+                              Py_ssize_t nargsf, PyObject *kwnames)
+{
+    return call_timer(self, args, nargsf, kwnames, "call_at", 0);
 }
 
 static PyObject *loop_call_later(LoopObject *self, PyObject *const *args,
                                  Py_ssize_t nargsf, PyObject *kwnames)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *context;
-    if (nargs < 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "call_later() missing %s required positional argument%s",
-                     nargs ? "1" : "2", nargs ? ": 'callback'" : "s: 'delay' and 'callback'");
-        return NULL;
-    }
-    if (parse_context(kwnames, args, nargs, "call_later", &context) < 0)
-        return NULL;
-    if (args[0] == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "delay must not be None");
-        return NULL;
-    }
-    if (closed_error(self) < 0)
-        return NULL;
-    double delay = PyFloat_AsDouble(args[0]);
-    if (delay == -1.0 && PyErr_Occurred())
-        return NULL;
-    /* asyncio's call_later checks inside call_at, under that name. */
-    if (self->debug && debug_checks(self, args[1], "call_at", 1) < 0)
-        return NULL;
-    double when = (double)ql_time_ns() / 1e9 + delay;
-    return schedule_timer(self, when, args + 1, nargs - 1, context);
+    return call_timer(self, args, nargsf, kwnames, "call_later", 1);
 }
 
 static PyObject *loop_time(LoopObject *self, PyObject *Py_UNUSED(ignored))
