@@ -427,8 +427,10 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
         /* The wakeup handshake (see ql_loop_wakeup) only matters for a poll
          * that may block; a full barrier costs as much as a short callback. */
         atomic_store(&loop->polling, 1);
-        if (atomic_load(&loop->wakeup_pending))
+        if (atomic_load(&loop->wakeup_pending)) {
             may_block = 0;
+            atomic_store_explicit(&loop->polling, 0, memory_order_release);
+        }
     }
     if (!may_block) {
         timeout = 0;

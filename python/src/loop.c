@@ -334,9 +334,9 @@ static int closed_error(LoopObject *self)
 }
 
 /* Split `context=` from the keywords of a call_* method. */
-static int parse_context(PyObject *kwnames, PyObject *const *args,
-                         Py_ssize_t nargs, const char *fname,
-                         PyObject **context)
+static int parse_context(LoopObject *self, PyObject *kwnames,
+                         PyObject *const *args, Py_ssize_t nargs,
+                         const char *fname, PyObject **context)
 {
     *context = NULL;
     if (!kwnames)
@@ -344,8 +344,11 @@ static int parse_context(PyObject *kwnames, PyObject *const *args,
     Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (!PyUnicode_Check(name) ||
-            PyUnicode_CompareWithASCIIString(name, "context") != 0) {
+        /* Keyword names from code objects are interned: identity first
+         * (every Task step passes context=). */
+        if (name != self->st->str_context &&
+            (!PyUnicode_Check(name) ||
+             PyUnicode_CompareWithASCIIString(name, "context") != 0)) {
             PyErr_Format(PyExc_TypeError,
                          "%s() got an unexpected keyword argument '%S'", fname,
                          name);
@@ -394,7 +397,7 @@ static PyObject *loop_call_soon(LoopObject *self, PyObject *const *args,
                         "'callback'");
         return NULL;
     }
-    if (parse_context(kwnames, args, nargs, "call_soon", &context) < 0 ||
+    if (parse_context(self, kwnames, args, nargs, "call_soon", &context) < 0 ||
         closed_error(self) < 0)
         return NULL;
     if (self->debug && debug_checks(self, args[0], "call_soon", 1) < 0)
@@ -424,7 +427,7 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *self,
                         "argument: 'callback'");
         return NULL;
     }
-    if (parse_context(kwnames, args, nargs, "call_soon_threadsafe",
+    if (parse_context(self, kwnames, args, nargs, "call_soon_threadsafe",
                       &context) < 0 ||
         closed_error(self) < 0)
         return NULL;
@@ -512,7 +515,7 @@ static PyObject *call_timer(LoopObject *self, PyObject *const *args,
                          "'%s' and 'callback'", fname, first);
         return NULL;
     }
-    if (parse_context(kwnames, args, nargs, fname, &context) < 0)
+    if (parse_context(self, kwnames, args, nargs, fname, &context) < 0)
         return NULL;
     if (args[0] == Py_None) {
         PyErr_SetString(PyExc_TypeError, relative ? "delay must not be None"
@@ -777,8 +780,7 @@ fail:
     return NULL;
 }
 
-static int remove_watch_fd(LoopObject *self, PyObject *key, int fd,
-                           int writing);
+static int remove_watch_fd(LoopObject *self, PyObject *key, int writing);
 
 int qloop_remove_watch(LoopObject *self, int fd, int writing)
 {
@@ -787,13 +789,12 @@ int qloop_remove_watch(LoopObject *self, int fd, int writing)
     PyObject *key = PyLong_FromLong(fd);
     if (!key)
         return -1;
-    int rc = remove_watch_fd(self, key, fd, writing);
+    int rc = remove_watch_fd(self, key, writing);
     Py_DECREF(key);
     return rc;
 }
 
-static int remove_watch_fd(LoopObject *self, PyObject *key, int fd,
-                           int writing)
+static int remove_watch_fd(LoopObject *self, PyObject *key, int writing)
 {
     WatcherObject *w = (WatcherObject *)PyDict_GetItemWithError(self->watchers,
                                                                 key);
@@ -810,7 +811,6 @@ static int remove_watch_fd(LoopObject *self, PyObject *key, int fd,
             qloop_handle_clear_callback(h);
     }
     Py_DECREF(h);
-    (void)fd;
     if (!w->reader && !w->writer) {
         Py_INCREF(w);
         ql_io_stop(self->ql, &w->io);
@@ -855,7 +855,7 @@ static PyObject *remove_watch(LoopObject *self, PyObject *fileobj,
     PyObject *key = PyLong_FromLong(fd);
     if (!key)
         return NULL;
-    int rc = remove_watch_fd(self, key, fd, writing);
+    int rc = remove_watch_fd(self, key, writing);
     Py_DECREF(key);
     if (rc < 0)
         return NULL;
@@ -936,7 +936,7 @@ static void watcher_run_side(WatcherObject *w, int writing)
         return;
     if (h->cancelled) {
         PyObject *key = PyLong_FromLong(w->io.fd);
-        if (!key || remove_watch_fd(loop, key, w->io.fd, writing) < 0)
+        if (!key || remove_watch_fd(loop, key, writing) < 0)
             PyErr_WriteUnraisable((PyObject *)loop);
         Py_XDECREF(key);
         return;
