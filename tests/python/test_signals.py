@@ -186,9 +186,14 @@ def _interrupt(code):
     env.pop("PYTHONASYNCIODEBUG", None)
     env.pop("PYTHONDEVMODE", None)
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(qloop.__file__))
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default;
+    # a shell's background job inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler at all.  Start the child as a
+    # terminal would, whatever this process inherited.
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert line == "ready\n", proc.stderr.read()
