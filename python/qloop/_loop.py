@@ -15,7 +15,7 @@ import sys
 import threading
 from asyncio import base_events, events, format_helpers, unix_events
 
-from . import _qloop
+from . import _qloop, _subprocess
 
 __all__ = ("Loop", "new_event_loop")
 
@@ -102,6 +102,9 @@ class Loop(_qloop.CLoop, unix_events.SelectorEventLoop):
     def close(self):
         """Close the loop: asyncio's close, then the reactor's."""
         super().close()
+        reaper = self.__dict__.pop("_qloop_reaper", None)
+        if reaper is not None:
+            reaper.close()
         self._close_reactor()
 
     def set_debug(self, enabled):
@@ -119,6 +122,22 @@ class Loop(_qloop.CLoop, unix_events.SelectorEventLoop):
                                       flags | socket.AI_NUMERICHOST)
         return await super().getaddrinfo(host, port, family=family,
                                           type=type, proto=proto, flags=flags)
+
+    # -- subprocesses: reaped by the loop itself (see _subprocess.py) ------
+
+    def _child_reaper(self):
+        reaper = self.__dict__.get("_qloop_reaper")
+        if reaper is None:
+            reaper = self.__dict__["_qloop_reaper"] = _subprocess.ChildReaper(
+                self)
+        return reaper
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin,
+                                         stdout, stderr, bufsize, extra=None,
+                                         **kwargs):
+        return await _subprocess.make_subprocess_transport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            extra=extra, **kwargs)
 
     # -- what asyncio's Python code hands to the loop ---------------------
 
