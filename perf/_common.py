@@ -216,3 +216,193 @@ def write_json(path, doc):
     with open(path, "w") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
+
+
+# -- helpers for suites written to the contract (perf/http.py, memory.py,
+#    footprint.py; usable by any suite) ---------------------------------------
+
+PERF_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def two_cpus():
+    """(server CPU, load-generator CPU): two different allowed CPUs, the
+    highest-numbered one for the server; the same one twice on a 1-CPU box."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[-1], allowed[0]
+
+
+def probe_loops(loops, timeout=60.0):
+    """Make and run each loop in a fresh child: ({loop: description},
+    {loop: reason it is unavailable})."""
+    code = ("import sys; sys.path.insert(0, %r); import _common; "
+            "_common.probe_child(sys.argv[1])" % PERF_DIR)
+    descs, unavailable = {}, {}
+    for loop in loops:
+        doc, why = run_child([sys.executable, "-c", code, loop], timeout)
+        if doc is None:
+            unavailable[loop] = why
+            log(f"skipping {loop}: {why}")
+        else:
+            descs[loop] = doc["desc"]
+            log(f"{loop}: {doc['desc']}")
+    return descs, unavailable
+
+
+def probe_child(loop_name):
+    try:
+        loop = new_loop(loop_name)
+        try:
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+        finally:
+            loop.close()
+        desc = loop_description(loop_name)
+    except BaseException as e:  # noqa: BLE001
+        emit({"status": "unavailable", "error": first_line(e)})
+        return
+    emit({"status": "ok", "desc": desc})
+
+
+def parse_names(text, known, what):
+    """Comma-separated names, checked against `known`, in `known`'s order;
+    raises ValueError naming the unknown ones."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in items if x not in known]
+    if unknown:
+        raise ValueError(f"unknown {what}: {', '.join(unknown)} "
+                         f"(known: {', '.join(known)})")
+    if not items:
+        raise ValueError(f"no {what} given")
+    return [x for x in known if x in items]
+
+
+def proc_cpu_seconds(pid):
+    """CPU time (user + system) a process has used so far, all its threads,
+    in seconds: the scheduler's nanosecond counters when the kernel has
+    them, else the clock-tick counters of /proc/PID/stat."""
+    total, found = 0, False
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                    found = True
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        pass
+    if found:
+        return total / 1e9
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid="self"):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def make_row(bench, label, metric, unit, better, cells, target=None,
+             ref="uvloop"):
+    """One contract row.  `cells`: {loop: {"values": [...], "error": str or
+    None, "extra": {...}}}; `target`: (op, factor) against `ref`, op "<=" or
+    ">=", e.g. ("<=", 0.85), or None."""
+    loops = {}
+    for loop, c in cells.items():
+        stats = summarize(c.get("values") or [])
+        loops[loop] = {"stats": stats,
+                       "error": None if stats else (c.get("error") or "no runs"),
+                       "extra": c.get("extra") or {}}
+
+    def ratio(a, b):
+        sa, sb = loops.get(a, {}).get("stats"), loops.get(b, {}).get("stats")
+        if sa and sb and sb["median"]:
+            return sa["median"] / sb["median"]
+        return None
+
+    vs_ref = ratio("qloop", ref)
+    met = None
+    if target is not None and vs_ref is not None:
+        op, factor = target
+        met = vs_ref <= factor if op == "<=" else vs_ref >= factor
+    row = {"bench": bench, "label": label, "metric": metric, "unit": unit,
+           "better": better, "loops": loops,
+           "qloop_vs_uvloop": ratio("qloop", "uvloop"),
+           "qloop_vs_asyncio": ratio("qloop", "asyncio"),
+           "target": f"{target[0]} {target[1]:g}x {ref}" if target else None,
+           "met": met}
+    if ref != "uvloop":
+        row[f"qloop_vs_{ref}"] = vs_ref
+    return row
+
+
+def fmt_value(x, unit):
+    """A median with its unit, short."""
+    if x is None:
+        return "n/a"
+    if unit == "B":
+        for div, name in ((1 << 20, "MiB"), (1 << 10, "KiB")):
+            if abs(x) >= div:
+                return f"{x / div:.1f} {name}"
+        return f"{x:.0f} B"
+    if unit.endswith("/s"):
+        return f"{fmt_rate(x)} {unit}".replace("  ", " ")
+    if abs(x) >= 100:
+        return f"{x:.0f} {unit}"
+    if abs(x) >= 10:
+        return f"{x:.1f} {unit}"
+    return f"{x:.2f} {unit}"
+
+
+def contract_markdown(title, doc, notes=()):
+    """The markdown report of a contract JSON document: one table, the
+    loops, the failures, then `notes` (lines)."""
+    loops = list(doc["loops"]) + [l for l in doc["unavailable"]
+                                  if l not in doc["loops"]]
+    loops = [l for l in LOOPS if l in loops] + \
+        [l for l in loops if l not in LOOPS]
+    meta = doc["meta"]
+    out = [f"## {title} ({meta['implementation']} {meta['python']}, "
+           f"{meta['machine']}, Linux {meta['kernel']}: {meta['cpu_model']})",
+           ""]
+    header = ["benchmark", "metric"] + loops + \
+        ["qloop/uvloop", "qloop/asyncio", "target", "met?"]
+    rows, failures = [], []
+    for r in doc["rows"]:
+        cells = []
+        for l in loops:
+            c = r["loops"].get(l)
+            if c and c["stats"]:
+                cells.append(fmt_value(c["stats"]["median"], r["unit"]))
+            elif l in doc["unavailable"] or c is None:
+                cells.append("n/a")
+            else:
+                why = c["error"] or "no runs"
+                tag = next((t for t, ll, w in failures
+                            if ll == l and w == why), None)
+                if tag is None:
+                    tag = f"e{len(failures) + 1}"
+                    failures.append((tag, l, why))
+                cells.append(f"n/a [{tag}]")
+        rows.append([r["label"], f"{r['metric']} ({r['better']} is better)"]
+                    + cells +
+                    [fmt_ratio(r["qloop_vs_uvloop"]),
+                     fmt_ratio(r["qloop_vs_asyncio"]), r["target"] or "none",
+                     {True: "yes", False: "**no**", None: "-"}[r["met"]]])
+    out.append(markdown_table(header, rows, "ll" + "r" * len(loops) + "rrrc"))
+    out.append("")
+    out.append("Loops:")
+    out.append("")
+    for l in loops:
+        desc = doc["loops"].get(l)
+        out.append(f"- {l}: {desc or 'not run: ' + doc['unavailable'].get(l, '?')}")
+    if failures:
+        out.append("")
+        out.append("Failures:")
+        out.append("")
+        out += [f"- [{t}] {l}: {w}" for t, l, w in failures]
+    if notes:
+        out.append("")
+        out += list(notes)
+    return "\n".join(out) + "\n"
