@@ -15,7 +15,7 @@ import sys
 import threading
 from asyncio import base_events, events, format_helpers, unix_events
 
-from . import _qloop, _subprocess
+from . import _datagram, _qloop, _subprocess
 
 __all__ = ("Loop", "new_event_loop")
 
@@ -122,6 +122,14 @@ class Loop(_qloop.CLoop, unix_events.SelectorEventLoop):
                                       flags | socket.AI_NUMERICHOST)
         return await super().getaddrinfo(host, port, family=family,
                                           type=type, proto=proto, flags=flags)
+
+    # -- datagrams: a C transport (see _datagram.py) ---------------------
+
+    def _make_datagram_transport(self, sock, protocol, address=None,
+                                 waiter=None, extra=None):
+        self._ensure_fd_no_transport(sock)
+        return _datagram.DatagramTransport(self, sock, protocol, address,
+                                           waiter, extra)
 
     # -- subprocesses: reaped by the loop itself (see _subprocess.py) ------
 

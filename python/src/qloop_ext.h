@@ -146,6 +146,9 @@ int qloop_sock_exec(PyObject *module, qloop_state *st);
 int qloop_sock_traverse(qloop_state *st, visitproc visit, void *arg);
 void qloop_sock_clear(qloop_state *st);
 
+/* datagram.c: adds _datagram_type() to the module. */
+int qloop_datagram_exec(PyObject *module);
+
 /* module.c */
 qloop_state *qloop_state_from_type(PyTypeObject *type);
 
