@@ -32,9 +32,10 @@ per octave) and reads the server's CPU time, user + system, from
 so the server's CPU per request holds whether the server or the load
 generator is the bottleneck.
 
-Before its first measured run, every (loop, style) server is probed with
-20 requests of 100 KiB on 2 connections: a loop that cannot run a style
-(set-up raises, or the probe fails) is n/a for it, with the reason.
+Every server process is probed with 20 requests of 100 KiB on 2
+connections before its measured runs (1, 10, then 100 KiB, in one process):
+a loop that cannot run a style (set-up raises, or the probe fails) is n/a
+for it, with the reason.
 
 A benchmark reports numbers, it does not judge: the exit status is 0 when
 a target is missed or a cell fails, and non-zero only on an internal error.
@@ -257,22 +258,6 @@ def server_main(loop_name, style):
     return 0
 
 
-def probe_main(loop_name):
-    try:
-        loop = _common.new_loop(loop_name)
-        try:
-            loop.call_soon(loop.stop)
-            loop.run_forever()
-        finally:
-            loop.close()
-        desc = _common.loop_description(loop_name)
-    except BaseException as e:  # noqa: BLE001
-        _common.emit({"status": "unavailable", "error": _common.first_line(e)})
-        return 0
-    _common.emit({"status": "ok", "desc": desc})
-    return 0
-
-
 # -- the C tools --------------------------------------------------------------
 
 def build_tools(out_dir=TOOLS_DIR):
@@ -412,7 +397,6 @@ def run_all(loops, benches, reps, quick, cpus, tools):
     c_cells = {z: new_cell() for z in all_sizes}
     for b in benches:
         results[b][C_SERVER] = c_cells[b[1]]
-    probed = set()
     script = os.path.abspath(__file__)
     started = time.monotonic()
     gen_timeout = warmup + duration + 30
@@ -434,15 +418,15 @@ def run_all(loops, benches, reps, quick, cpus, tools):
             return
         measured = []
         try:
-            if (who, style) not in probed:
-                probed.add((who, style))
-                doc, why = run_load(tools, port, s.proc.pid, load_cpu, PROBE,
-                                    timeout=30)
-                if doc is None:
-                    for z in sizes:
-                        cells[z]["error"] = f"probe: {why}"
-                    log(f"    probe failed: {why} (no more runs of this cell)")
-                    return
+            # Every session, so that every server has the same history
+            # (allocator state included) when its measured runs start.
+            doc, why = run_load(tools, port, s.proc.pid, load_cpu, PROBE,
+                                timeout=30)
+            if doc is None:
+                for z in sizes:
+                    cells[z]["error"] = f"probe: {why}"
+                log(f"    probe failed: {why} (no more runs of this cell)")
+                return
             for z in sizes:
                 cell = cells[z]
                 if cell["error"]:
@@ -459,6 +443,9 @@ def run_all(loops, benches, reps, quick, cpus, tools):
                     doc["server_cpu_s"] / doc["requests"] * 1e6)
                 doc["load_cpu_share"] = doc["load_cpu_s"] / doc["seconds"]
                 doc["server_cpu_share"] = doc["server_cpu_s"] / doc["seconds"]
+                if doc.get("server_minflt") is not None:
+                    doc["server_minflt_per_req"] = (
+                        doc["server_minflt"] / doc["requests"])
                 measured.append((z, doc))
                 log(f"    {z}: {doc['server_cpu_us_per_req']:.1f} us/req, "
                     f"{_common.fmt_rate(doc['rps'])} req/s, p50 "
@@ -498,7 +485,8 @@ def run_all(loops, benches, reps, quick, cpus, tools):
 
 
 def cell_stats(cell, key):
-    return _common.summarize([r[key] for r in cell["runs"]])
+    return _common.summarize([r[key] for r in cell["runs"]
+                              if r.get(key) is not None])
 
 
 def rep_ratio(a, b, key="server_cpu_us_per_req"):
@@ -568,7 +556,9 @@ def build_report(loops, benches, results, descs, unavailable, meta, reps,
             rps = cell_stats(cell, "rps")["median"]
             p50 = cell_stats(cell, "p50_us")["median"]
             p99 = cell_stats(cell, "p99_us")["median"]
-            return f"{_common.fmt_rate(rps)} / {p50:.0f} / {p99:.0f}"
+            flt = cell_stats(cell, "server_minflt_per_req")
+            flt = f"{flt['median']:.2f}" if flt else "?"
+            return f"{_common.fmt_rate(rps)} / {p50:.0f} / {p99:.0f} / {flt}"
 
         load_rows.append([label] + [load_text(w) for w in cols])
 
@@ -578,7 +568,8 @@ def build_report(loops, benches, results, descs, unavailable, meta, reps,
             if cell["runs"]:
                 extra = {k: cell_stats(cell, k) for k in (
                     "rps", "p50_us", "p99_us", "p999_us", "mean_us",
-                    "requests", "server_cpu_share", "load_cpu_share")}
+                    "requests", "server_cpu_share", "load_cpu_share",
+                    "server_minflt_per_req")}
                 extra["server_cpu_clock"] = sorted(
                     {r["server_cpu_clock"] for r in cell["runs"]})
             error = cell["error"]
@@ -617,7 +608,14 @@ def build_report(loops, benches, results, descs, unavailable, meta, reps,
                f"per size shown under every style.  The whole run took "
                f"{elapsed:.0f} s.")
     out.append("")
-    out.append("Requests/s / p50 / p99 latency (µs), medians:")
+    out.append("Requests/s / p50 / p99 latency (µs) / the server's minor "
+               "page faults per request, medians.  Faults near 1 or more per "
+               "request mean a buffer mapped and unmapped per read: asyncio's "
+               "Python transports recv(256 KiB) into a new bytes object, "
+               "which glibc serves from mmap until its dynamic mmap "
+               "threshold has been raised by an earlier free of a large "
+               "block, so the same code costs more in a process whose "
+               "history did not raise it:")
     out.append("")
     out.append(_common.markdown_table(
         ["benchmark"] + cols, load_rows, "l" + "r" * len(cols)))
@@ -657,11 +655,13 @@ def parse_benches(text, ap):
 
 
 def pick_cpus(args):
-    allowed = sorted(os.sched_getaffinity(0))
-    server = args.server_cpu if args.server_cpu is not None else allowed[-1]
-    others = [c for c in allowed if c != server]
-    load = args.load_cpu if args.load_cpu is not None else (
-        others[-1] if others else server)
+    server, load = _common.two_cpus()
+    if args.server_cpu is not None:
+        server = args.server_cpu
+        others = [c for c in sorted(os.sched_getaffinity(0)) if c != server]
+        load = others[0] if others else server
+    if args.load_cpu is not None:
+        load = args.load_cpu
     return server, load
 
 
@@ -682,23 +682,18 @@ def main():
     ap.add_argument("--server-cpu", type=int, help="CPU of the servers "
                     "(default: the highest-numbered allowed one)")
     ap.add_argument("--load-cpu", type=int, help="CPU of the load generator "
-                    "(default: the next allowed one)")
+                    "(default: the lowest-numbered allowed one)")
     ap.add_argument("--server", nargs=2, metavar=("LOOP", "STYLE"),
                     help=argparse.SUPPRESS)
-    ap.add_argument("--probe", metavar="LOOP", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.server:
         return server_main(*args.server)
-    if args.probe:
-        return probe_main(args.probe)
 
-    items = [x.strip() for x in args.loops.split(",") if x.strip()]
-    unknown = [x for x in items if x not in _common.LOOPS]
-    if unknown or not items:
-        ap.error(f"unknown loop(s): {', '.join(unknown) or '(none)'} "
-                 f"(known: {', '.join(_common.LOOPS)})")
-    loops = [x for x in _common.LOOPS if x in items]
+    try:
+        loops = _common.parse_names(args.loops, _common.LOOPS, "loop")
+    except ValueError as e:
+        ap.error(str(e))
     benches = parse_benches(args.bench, ap)
     reps = args.reps or (2 if args.quick else 5)
     if reps < 1:
@@ -720,16 +715,7 @@ def main():
     log(f"servers on CPU {cpus[0]}, load generator on CPU {cpus[1]}; "
         f"{reps} repetitions; {'quick' if args.quick else 'full'} durations")
 
-    descs, unavailable = {}, {}
-    for loop in loops:
-        doc, why = _common.run_child(
-            [sys.executable, os.path.abspath(__file__), "--probe", loop], 60)
-        if doc is None:
-            unavailable[loop] = why
-            log(f"skipping {loop}: {why}")
-        else:
-            descs[loop] = doc["desc"]
-            log(f"{loop}: {doc['desc']}")
+    descs, unavailable = _common.probe_loops(loops)
     runnable = [l for l in loops if l in descs]
 
     results = run_all(runnable, benches, reps, args.quick, cpus, tools)

@@ -180,6 +180,27 @@ static int64_t server_cpu_ns(int pid, const char **clock)
     return (int64_t)((utime + stime) * (1000000000.0 / sysconf(_SC_CLK_TCK)));
 }
 
+/* Minor page faults of process `pid` so far, or -1: a server that maps and
+ * unmaps a buffer per read (malloc above glibc's mmap threshold) shows one
+ * or more per request. */
+static long long server_minflt(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long long minflt;
+    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %llu",
+                            &minflt) != 1)
+        return -1;
+    return (long long)minflt;
+}
+
 /* -- the pattern -------------------------------------------------------- */
 
 static unsigned char *pattern;
@@ -441,8 +462,11 @@ int main(int argc, char **argv)
     int counting = requests ? 1 : 0, in_window = requests ? 1 : 0;
     const char *clock = "none";
     int64_t srv0 = 0, srv1 = 0, own0 = 0, own1 = 0, w0 = t_start, w1 = 0;
-    if (requests && server_pid)
+    long long flt0 = -1, flt1 = -1;
+    if (requests && server_pid) {
         srv0 = server_cpu_ns(server_pid, &clock);
+        flt0 = server_minflt(server_pid);
+    }
     own0 = own_cpu_ns();
 
     for (int i = 0; i < n_conns; i++)
@@ -455,16 +479,20 @@ int main(int argc, char **argv)
     while (open_conns > 0) {
         int64_t now = now_ns();
         if (!in_window && !draining && now >= t_window) {
-            if (server_pid)
+            if (server_pid) {
                 srv0 = server_cpu_ns(server_pid, &clock);
+                flt0 = server_minflt(server_pid);
+            }
             own0 = own_cpu_ns();
             w0 = now_ns();
             in_window = counting = 1;
         }
         if (in_window && !draining && now >= t_end) {
             w1 = now_ns();
-            if (server_pid)
+            if (server_pid) {
                 srv1 = server_cpu_ns(server_pid, &clock);
+                flt1 = server_minflt(server_pid);
+            }
             own1 = own_cpu_ns();
             counting = 0;
             draining = 1;
@@ -505,8 +533,10 @@ int main(int argc, char **argv)
     }
     if (w1 == 0) { /* --requests, or every connection dropped early */
         w1 = now_ns();
-        if (server_pid)
+        if (server_pid) {
             srv1 = server_cpu_ns(server_pid, &clock);
+            flt1 = server_minflt(server_pid);
+        }
         own1 = own_cpu_ns();
     }
     for (int i = 0; i < n_conns; i++)
@@ -538,6 +568,10 @@ int main(int argc, char **argv)
         printf(", \"server_cpu_s\": %.6f", (double)(srv1 - srv0) / 1e9);
     else
         printf(", \"server_cpu_s\": null");
+    if (flt0 >= 0 && flt1 >= 0)
+        printf(", \"server_minflt\": %lld", flt1 - flt0);
+    else
+        printf(", \"server_minflt\": null");
     printf(", \"server_cpu_clock\": \"%s\", \"load_cpu_s\": %.6f, "
            "\"total_seconds\": %.3f}\n",
            clock, (double)(own1 - own0) / 1e9,
