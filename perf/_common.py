@@ -375,7 +375,9 @@ def contract_markdown(title, doc, notes=()):
             c = r["loops"].get(l)
             if c and c["stats"]:
                 cells.append(fmt_value(c["stats"]["median"], r["unit"]))
-            elif l in doc["unavailable"] or c is None:
+            elif c is None:
+                cells.append("-")  # does not apply to this loop
+            elif l in doc["unavailable"]:
                 cells.append("n/a")
             else:
                 why = c["error"] or "no runs"

@@ -39,6 +39,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 from _common import log  # noqa: E402
+# perf/http.py would shadow the standard library's http (matplotlib may
+# import it): perf/ is on the path for _common only.
+del sys.path[0]
 
 ROOT = os.path.dirname(_common.PERF_DIR)
 
@@ -292,13 +295,14 @@ def draw_chart(summary, path):
                              gridspec_kw={"height_ratios": heights},
                              squeeze=False)
     lo, hi = 0.5, 2.0
+    shown = set()
     for ax, (name, rows) in zip(axes[:, 0], panels):
         present = {l for r in rows for l in r["loops"]}
         loops = [l for l in COLUMNS if l in present]
         width = 0.8 / len(loops)
         labels = []
         for i, r in enumerate(rows):
-            labels.append(textwrap.fill(r["label"], 48) + f"\n({r['unit']}, "
+            labels.append(textwrap.fill(r["label"], 40) + f"\n({r['unit']}, "
                           f"{'higher' if r['better'] == 'higher' else 'lower'}"
                           " is better)")
             ref = median(r, r["ref"])
@@ -309,9 +313,8 @@ def draw_chart(summary, path):
                 x = v / ref
                 lo, hi = min(lo, x), max(hi, x)
                 y = i - 0.4 + width * (j + 0.5)
-                ax.barh(y, x, height=width, color=colours.get(l, "#8172b2"),
-                        label=l if i == 0 or l not in
-                        ax.get_legend_handles_labels()[1] else None)
+                ax.barh(y, x, height=width, color=colours.get(l, "#8172b2"))
+                shown.add(l)
             t = parse_target(r.get("target"))
             if t:
                 ax.plot([t[1], t[1]], [i - 0.45, i + 0.45], color="#c44e52",
@@ -324,9 +327,6 @@ def draw_chart(summary, path):
         ref_name = rows[0]["ref"]
         ax.set_title(f"{SUITES[name].title}: normalised to {ref_name} = 1 "
                      "(red: qloop's target)", fontsize=9, loc="left")
-        handles, names = ax.get_legend_handles_labels()
-        uniq = dict(zip(names, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
     for ax, _ in zip(axes[:, 0], panels):
         ax.set_xscale("log")
         ax.set_xlim(lo / 1.3, hi * 1.3)
@@ -339,8 +339,13 @@ def draw_chart(summary, path):
     fig.suptitle(f"qloop vs uvloop, rloop, asyncio ({meta['cpu_model']}, "
                  f"{meta['n_cpus']} CPUs, {meta['implementation']} "
                  f"{meta['python']}, {meta['date'][:10]}"
-                 f"{', quick run' if summary['quick'] else ''})", fontsize=9)
-    fig.tight_layout()
+                 f"{', quick run' if summary['quick'] else ''})", fontsize=9, y=1 - 0.1 / sum(heights))
+    from matplotlib.patches import Patch
+    legend = [l for l in COLUMNS if l in shown]
+    fig.legend([Patch(color=colours[l]) for l in legend], legend,
+               loc="upper center", ncol=len(legend), fontsize=8,
+               bbox_to_anchor=(0.5, 1 - 0.35 / sum(heights)), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / sum(heights)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -384,6 +389,10 @@ def main():
                     "SUITE:NAME, or NAME alone when --only names one suite")
     ap.add_argument("--results", default=os.path.join(ROOT, "results"),
                     help="output directory (default results/)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: remake the summary, the chart (and "
+                    "with --update-readme the README section) from the "
+                    "suites' JSON already in --results")
     ap.add_argument("--update-readme", action="store_true",
                     help="rewrite README.md's bench section, copy the chart "
                     "to docs/bench.png")
@@ -435,14 +444,23 @@ def main():
                                        "why": f"perf/{name}.py not found"}
             continue
         json_path = os.path.join(args.results, name + ".json")
-        if os.path.exists(json_path):
-            os.remove(json_path)  # never report a stale file
-        t0 = time.monotonic()
-        rc, out = run_suite(name, suite_args(name, args, benches.get(name)),
-                            progress, args.results, SUITES[name].timeout)
-        took = time.monotonic() - t0
-        with open(os.path.join(args.results, name + ".md"), "w") as f:
-            f.write(out)
+        if args.report_only:
+            if not os.path.exists(json_path):
+                summary["suites"][name] = {
+                    "status": "missing",
+                    "why": f"no {os.path.relpath(json_path, ROOT)}"}
+                continue
+            rc, took = 0, 0.0
+        else:
+            if os.path.exists(json_path):
+                os.remove(json_path)  # never report a stale file
+            t0 = time.monotonic()
+            rc, out = run_suite(name, suite_args(name, args,
+                                                 benches.get(name)),
+                                progress, args.results, SUITES[name].timeout)
+            took = time.monotonic() - t0
+            with open(os.path.join(args.results, name + ".md"), "w") as f:
+                f.write(out)
         entry = {"status": "ok", "returncode": rc, "elapsed_s": took,
                  "json": os.path.relpath(json_path, ROOT)}
         why = None
@@ -458,16 +476,34 @@ def main():
         except (OSError, ValueError, KeyError, TypeError) as e:
             why = (why + ", " if why else "") + \
                 f"no usable JSON ({_common.first_line(e)})"
-        if why:
+        if why and args.report_only:
+            progress.line(f"unusable {entry['json']}: {why}")
+            failed.append(name)
+            entry["why"] = why
+            if "rows" not in entry:
+                entry["status"] = "crashed"
+        elif why:
             progress.line(f"FAILED: {why} (log: results/{name}.log)")
             failed.append(name)
             entry["why"] = why
             if "rows" not in entry:
                 entry["status"] = "crashed"
+        elif args.report_only:
+            progress.line(f"read {entry['json']}")
         else:
             progress.line(f"done in {took:.1f} s")
         summary["suites"][name] = entry
     summary["elapsed_s"] = progress.elapsed()
+    if args.report_only:  # the run's figures, not this command's
+        try:
+            with open(os.path.join(args.results, "summary.json")) as f:
+                old = json.load(f)
+            summary.update({k: old[k] for k in
+                            ("meta", "command", "quick", "elapsed_s")})
+        except (OSError, ValueError, KeyError):
+            summary["elapsed_s"] = sum(
+                (s.get("meta") or {}).get("elapsed_s", 0) or 0
+                for s in summary["suites"].values())
     summary["failed"] = failed
 
     progress.name = "report"
