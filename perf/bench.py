@@ -39,9 +39,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 from _common import log  # noqa: E402
-# perf/http.py would shadow the standard library's http (matplotlib may
-# import it): perf/ is on the path for _common only.
-del sys.path[0]
 
 ROOT = os.path.dirname(_common.PERF_DIR)
 
