@@ -8,6 +8,45 @@
  *
  * Freelists: as Cython's @freelist does, a dead handle's memory is kept and
  * re-initialised with PyObject_Init(), never resurrected.
+ *
+ * Handles owned by the loop alone are not tracked by the garbage collector.
+ * Why and when it is sound:
+ *
+ *  - call_soon/call_soon_threadsafe/call_later/call_at make their handle
+ *    untracked (qloop_handle_new with track == 0); the ready ring, or the
+ *    timer heap while armed, owns one reference.  Any other reference
+ *    (the one call_soon returns, a list the caller keeps) is someone
+ *    else's.
+ *  - CLoop's tp_traverse, for each queued or armed handle h
+ *    (qloop_handle_visit_owned):
+ *      tracked             -> visits h itself, as any container does;
+ *      untracked, refcnt 1 -> the loop is h's only owner, so h's references
+ *                             are in effect the loop's: it visits them
+ *                             (handle_traverse on h), each once;
+ *      untracked, refcnt>1 -> visits nothing.
+ *    The collector subtracts, for each object, the references that the
+ *    traversals of the collected objects report; it is correct as long as
+ *    no reference is reported that the reporter does not own (a reference
+ *    reported twice, or one owned by an outside holder, could make a
+ *    reachable object look garbage).  Case 1 is ordinary; in case 2 the
+ *    loop owns h exclusively and h's references are counted once (h is
+ *    untracked, so no traversal of h itself runs, and visits of h by
+ *    others are no-ops since untracked objects are never "collecting");
+ *    in case 3 h's references count as external: nothing is freed wrongly,
+ *    but a cycle through h would wait until h leaves the loop, for ever if
+ *    the loop itself is garbage.  So a traverse that meets case 3 puts the
+ *    loop on a list, and a gc.callbacks hook at the end of that collection
+ *    tracks those handles (qloop_handle_track_if_shared): from then on
+ *    they are case 1 and the next collection sees the cycle.
+ *  - A handle leaving the loop's ownership (run, cancelled, dropped at
+ *    close) goes through qloop_handle_release(): if someone else still
+ *    holds it, it is tracked first, so cycles through it from then on are
+ *    collectable as with any tracked object.  An untracked handle is never
+ *    held by anything but the loop and its creator's first reference, and
+ *    never outside the loop's ring/heap except on the way to being freed.
+ *  - Refcounts do not change inside a collection's counting phases (no
+ *    Python code runs there), so the three cases are decided consistently.
+ *  - Handles made for fd watchers (Watcher holds them) stay tracked.
  */
 #include <math.h>
 #include <stddef.h>
@@ -73,7 +112,7 @@ void qloop_handle_clear_callback(HandleObject *h)
 
 HandleObject *qloop_handle_new(LoopObject *loop, PyTypeObject *type,
                                PyObject *callback, PyObject *const *args,
-                               Py_ssize_t nargs, PyObject *context)
+                               Py_ssize_t nargs, PyObject *context, int track)
 {
     qloop_state *st = loop->st;
     HandleObject *h = handle_alloc(type, type == st->TimerHandleType);
@@ -112,8 +151,36 @@ HandleObject *qloop_handle_new(LoopObject *loop, PyTypeObject *type,
             return NULL;
         }
     }
-    PyObject_GC_Track(h);
+    if (track)
+        PyObject_GC_Track(h);
     return h;
+}
+
+/* The loop drops its reference (see the comment at the top). */
+void qloop_handle_release(HandleObject *h)
+{
+    qloop_handle_track_if_shared(h);
+    Py_DECREF(h);
+}
+
+/* CLoop's tp_traverse for a handle it owns one reference to. */
+int qloop_handle_visit_owned(HandleObject *h, visitproc visit, void *arg,
+                             int *shared)
+{
+    if (PyObject_GC_IsTracked((PyObject *)h))
+        return visit((PyObject *)h, arg);
+    if (Py_REFCNT(h) == 1)
+        return Py_TYPE(h)->tp_traverse((PyObject *)h, visit, arg);
+    *shared = 1;
+    return 0;
+}
+
+/* Outside a collection: track the loop's untracked handles that someone
+ * else holds too, so that cycles through them become collectable. */
+void qloop_handle_track_if_shared(HandleObject *h)
+{
+    if (Py_REFCNT(h) > 1 && !PyObject_GC_IsTracked((PyObject *)h))
+        PyObject_GC_Track(h);
 }
 
 /* Run the callback in the handle's context.  Contexts are entered lazily:
@@ -367,7 +434,7 @@ static PyObject *timer_cancel(TimerHandleObject *t,
         t->scheduled = 0;
         if (h->loop && h->loop->ql)
             ql_timer_stop(h->loop->ql, &t->timer);
-        Py_DECREF(h); /* the loop's reference */
+        qloop_handle_release(h); /* the loop's reference */
     }
     Py_RETURN_NONE;
 }

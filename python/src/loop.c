@@ -166,7 +166,7 @@ static void ring_run(ql_loop *ql, void *arg)
     (void)ql;
     HandleObject *h = arg;
     run_handle(h->loop, h);
-    Py_DECREF(h);
+    qloop_handle_release(h);
 }
 
 /* Timer: the loop owns one reference while the timer is armed, and hands
@@ -181,7 +181,7 @@ static void timer_fired(ql_loop *ql, ql_timer *timer)
     if (ql_call_soon(ql, ring_run, t) < 0) {
         /* Out of memory for the ring: run it now rather than lose it. */
         run_handle(t->base.loop, &t->base);
-        Py_DECREF(t);
+        qloop_handle_release(&t->base);
     }
 }
 
@@ -239,7 +239,8 @@ static int visit_ring_entry(ql_callback_fn fn, void *arg, void *ctx)
     void **v = ctx;
     visitproc visit = (visitproc)v[0];
     if (fn == ring_run)
-        return visit((PyObject *)arg, v[1]);
+        return qloop_handle_visit_owned((HandleObject *)arg, visit, v[1],
+                                        (int *)v[2]);
     return 0;
 }
 
@@ -247,7 +248,82 @@ static int visit_timer(ql_timer *timer, void *ctx)
 {
     void **v = ctx;
     visitproc visit = (visitproc)v[0];
-    return visit((PyObject *)timer->data, v[1]);
+    return qloop_handle_visit_owned((HandleObject *)timer->data, visit, v[1],
+                                    (int *)v[2]);
+}
+
+/* Loops whose last traverse met untracked handles held elsewhere too
+ * (handle.c, case 3), swept by the gc.callbacks hook below.  A loop
+ * leaves the list when swept or deallocated. */
+static LoopObject *gc_sweep_list;
+
+static void gc_sweep_unlink(LoopObject *self)
+{
+    if (!self->gc_sweep_pending)
+        return;
+    for (LoopObject **p = &gc_sweep_list; *p; p = &(*p)->gc_sweep_next) {
+        if (*p == self) {
+            *p = self->gc_sweep_next;
+            break;
+        }
+    }
+    self->gc_sweep_pending = 0;
+    self->gc_sweep_next = NULL;
+}
+
+static int sweep_ring_entry(ql_callback_fn fn, void *arg, void *ctx)
+{
+    (void)ctx;
+    if (fn == ring_run)
+        qloop_handle_track_if_shared((HandleObject *)arg);
+    return 0;
+}
+
+static int sweep_timer(ql_timer *timer, void *ctx)
+{
+    (void)ctx;
+    qloop_handle_track_if_shared((HandleObject *)timer->data);
+    return 0;
+}
+
+/* gc.callbacks entry: (phase, info); acts at "stop", outside collection. */
+static PyObject *gc_sweep_hook(PyObject *Py_UNUSED(mod), PyObject *const *args,
+                               Py_ssize_t nargs)
+{
+    if (!gc_sweep_list || nargs < 1 || !PyUnicode_Check(args[0]) ||
+        PyUnicode_CompareWithASCIIString(args[0], "stop") != 0)
+        Py_RETURN_NONE;
+    while (gc_sweep_list) {
+        LoopObject *loop = gc_sweep_list;
+        gc_sweep_list = loop->gc_sweep_next;
+        loop->gc_sweep_next = NULL;
+        loop->gc_sweep_pending = 0;
+        if (loop->ql) {
+            ql_loop_visit_ready(loop->ql, sweep_ring_entry, NULL);
+            ql_loop_visit_timers(loop->ql, sweep_timer, NULL);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef gc_sweep_def = {
+    "_qloop_gc_sweep", (PyCFunction)(void (*)(void))gc_sweep_hook,
+    METH_FASTCALL, NULL};
+
+int qloop_gc_hook_install(void)
+{
+    PyObject *gc = PyImport_ImportModule("gc");
+    if (!gc)
+        return -1;
+    PyObject *callbacks = PyObject_GetAttrString(gc, "callbacks");
+    Py_DECREF(gc);
+    if (!callbacks)
+        return -1;
+    PyObject *fn = PyCFunction_New(&gc_sweep_def, NULL);
+    int rc = fn ? PyList_Append(callbacks, fn) : -1;
+    Py_XDECREF(fn);
+    Py_DECREF(callbacks);
+    return rc;
 }
 
 static int loop_traverse(LoopObject *self, visitproc visit, void *arg)
@@ -257,11 +333,16 @@ static int loop_traverse(LoopObject *self, visitproc visit, void *arg)
     Py_VISIT(self->pending_exc);
     Py_VISIT(self->cur_ctx);
     if (self->ql) {
-        void *v[2] = {(void *)visit, arg};
+        int shared = 0;
+        void *v[3] = {(void *)visit, arg, &shared};
         int rc = ql_loop_visit_ready(self->ql, visit_ring_entry, v);
-        if (rc)
-            return rc;
-        rc = ql_loop_visit_timers(self->ql, visit_timer, v);
+        if (!rc)
+            rc = ql_loop_visit_timers(self->ql, visit_timer, v);
+        if (shared && !self->gc_sweep_pending) {
+            self->gc_sweep_pending = 1;
+            self->gc_sweep_next = gc_sweep_list;
+            gc_sweep_list = self;
+        }
         if (rc)
             return rc;
     }
@@ -278,13 +359,13 @@ static void loop_release_all(LoopObject *self)
         void *arg;
         while (ql_loop_pop_ready(self->ql, &fn, &arg))
             if (fn == ring_run)
-                Py_DECREF((PyObject *)arg);
+                qloop_handle_release((HandleObject *)arg);
         ql_timer *timer;
         while ((timer = ql_loop_next_timer(self->ql)) != NULL) {
             TimerHandleObject *t = timer->data;
             ql_timer_stop(self->ql, timer);
             t->scheduled = 0;
-            Py_DECREF(t);
+            qloop_handle_release(&t->base);
         }
     }
     if (self->watchers) {
@@ -313,6 +394,7 @@ static void loop_dealloc(LoopObject *self)
     /* A Python subclass's __del__ (asyncio's unclosed-loop warning) has
      * already run in subtype_dealloc. */
     PyObject_GC_UnTrack(self);
+    gc_sweep_unlink(self);
     loop_clear(self);
     if (self->ql) {
         ql_loop_free(self->ql);
@@ -403,7 +485,7 @@ static PyObject *loop_call_soon(LoopObject *self, PyObject *const *args,
     if (self->debug && debug_checks(self, args[0], "call_soon", 1) < 0)
         return NULL;
     HandleObject *h = qloop_handle_new(self, self->st->HandleType, args[0],
-                                       args + 1, nargs - 1, context);
+                                       args + 1, nargs - 1, context, 0);
     if (!h)
         return NULL;
     if (ql_call_soon(self->ql, ring_run, h) < 0) {
@@ -435,7 +517,7 @@ static PyObject *loop_call_soon_threadsafe(LoopObject *self,
         debug_checks(self, args[0], "call_soon_threadsafe", 0) < 0)
         return NULL;
     HandleObject *h = qloop_handle_new(self, self->st->HandleType, args[0],
-                                       args + 1, nargs - 1, context);
+                                       args + 1, nargs - 1, context, 0);
     if (!h)
         return NULL;
     /* Whoever holds the GIL may touch the ring: the loop thread is then
@@ -480,7 +562,8 @@ static PyObject *schedule_timer(LoopObject *self, double when,
                                 PyObject *context)
 {
     HandleObject *h = qloop_handle_new(self, self->st->TimerHandleType,
-                                       args[0], args + 1, nargs - 1, context);
+                                       args[0], args + 1, nargs - 1, context,
+                                       0);
     if (!h)
         return NULL;
     TimerHandleObject *t = (TimerHandleObject *)h;
@@ -721,7 +804,7 @@ static PyObject *add_watch_fileobj(LoopObject *self, int fd,
     if (closed_error(self) < 0)
         return NULL;
     HandleObject *h = qloop_handle_new(self, self->st->HandleType, callback,
-                                       args, nargs, NULL);
+                                       args, nargs, NULL, 1);
     if (!h)
         return NULL;
     PyObject *key = PyLong_FromLong(fd);

@@ -12,7 +12,8 @@
  *
  * Ownership: the ready ring owns one reference to each queued handle, the
  * loop one to each armed TimerHandle, the watcher table one to each
- * Watcher.  All of them are visited by CLoop's tp_traverse.
+ * Watcher.  All of them are visited by CLoop's tp_traverse; handles the
+ * loop alone owns are not tracked by the GC (see handle.c).
  */
 #ifndef QLOOP_EXT_H
 #define QLOOP_EXT_H
@@ -92,6 +93,9 @@ struct LoopObject {
     PyObject *watchers;          /* dict: fd -> Watcher */
     char closed;
     char debug;
+    /* Its traverse met handles it does not own alone: see handle.c. */
+    char gc_sweep_pending;
+    LoopObject *gc_sweep_next;
 };
 
 /* handle.c */
@@ -99,7 +103,12 @@ extern PyType_Spec qloop_handle_spec;
 extern PyType_Spec qloop_timer_handle_spec;
 HandleObject *qloop_handle_new(LoopObject *loop, PyTypeObject *type,
                                PyObject *callback, PyObject *const *args,
-                               Py_ssize_t nargs, PyObject *context);
+                               Py_ssize_t nargs, PyObject *context, int track);
+/* Untracked handles owned by the loop: see handle.c. */
+void qloop_handle_release(HandleObject *h);
+void qloop_handle_track_if_shared(HandleObject *h);
+int qloop_handle_visit_owned(HandleObject *h, visitproc visit, void *arg,
+                             int *shared);
 void qloop_handle_run(LoopObject *loop, HandleObject *h);
 void qloop_handle_clear_callback(HandleObject *h);
 void qloop_freelists_clear(void);
@@ -108,6 +117,8 @@ void qloop_freelists_clear(void);
 extern PyType_Spec qloop_loop_spec;
 extern PyType_Spec qloop_watcher_spec;
 int qloop_enter_context(LoopObject *loop, PyObject *ctx);
+/* Appends the sweep of untracked shared handles to gc.callbacks. */
+int qloop_gc_hook_install(void);
 /* add_reader/add_writer from C: `callback(*args)` runs on readiness (any
  * callable; a C type with vectorcall is cheapest).  Returns a new reference
  * to the handle, or NULL with an exception.  Replaces (and cancels) a
