@@ -134,8 +134,7 @@ HandleObject *qloop_handle_new(LoopObject *loop, PyTypeObject *type,
     h->callback = Py_NewRef(callback);
     h->loop = (LoopObject *)Py_NewRef((PyObject *)loop);
     if (context == NULL || context == Py_None) {
-        h->context = PyContext_CopyCurrent();
-        if (!h->context) {
+        if (qloop_context_capture(loop, h) < 0) {
             Py_DECREF(h);
             return NULL;
         }
@@ -189,8 +188,13 @@ void qloop_handle_track_if_shared(HandleObject *h)
 void qloop_handle_run(LoopObject *loop, HandleObject *h)
 {
     PyObject *cb = h->callback;
-    if (h->context != loop->cur_ctx &&
-        qloop_enter_context(loop, h->context) < 0) {
+    PyObject *ctx = h->context;
+    int shared = h->ctx_shared;
+    if (shared && !(ctx = qloop_context_for_run(loop, h))) {
+        qloop_report_callback_error(loop, h, 1);
+        return;
+    }
+    if (ctx != loop->cur_ctx && qloop_enter_context(loop, ctx) < 0) {
         qloop_report_callback_error(loop, h, 1);
         return;
     }
@@ -199,6 +203,10 @@ void qloop_handle_run(LoopObject *loop, HandleObject *h)
     PyObject *res = PyObject_Vectorcall(
         cb, h->args, (size_t)h->nargs | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     h->running = 0;
+    if (shared) {
+        /* ctx is the entered work context: loop->cur_ctx holds it. */
+        qloop_context_after_run(loop, h, ctx);
+    }
     if (res)
         Py_DECREF(res);
     else
@@ -287,6 +295,8 @@ static PyObject *handle_cancelled(HandleObject *h,
 static PyObject *handle_get_context(HandleObject *h,
                                     PyObject *Py_UNUSED(ignored))
 {
+    if (qloop_context_own(h) < 0)
+        return NULL;
     return Py_NewRef(h->context ? h->context : Py_None);
 }
 
@@ -298,6 +308,8 @@ static PyObject *handle__run(HandleObject *h, PyObject *Py_UNUSED(ignored))
 {
     if (h->cancelled || !h->callback || !h->loop)
         Py_RETURN_NONE;
+    if (qloop_context_own(h) < 0)
+        return NULL;
     LoopObject *loop = h->loop;
     PyObject *res = NULL;
     Py_INCREF(h);

@@ -332,6 +332,8 @@ static int loop_traverse(LoopObject *self, visitproc visit, void *arg)
     Py_VISIT(self->watchers);
     Py_VISIT(self->pending_exc);
     Py_VISIT(self->cur_ctx);
+    Py_VISIT(self->ctx_snap);
+    Py_VISIT(self->ctx_work);
     if (self->ql) {
         int shared = 0;
         void *v[3] = {(void *)visit, arg, &shared};
@@ -385,6 +387,8 @@ static int loop_clear(LoopObject *self)
     Py_CLEAR(self->watchers);
     Py_CLEAR(self->pending_exc);
     Py_CLEAR(self->cur_ctx);
+    Py_CLEAR(self->ctx_snap);
+    Py_CLEAR(self->ctx_work);
     return 0;
 }
 

@@ -64,6 +64,7 @@ typedef struct HandleObject {
     Py_ssize_t nargs;
     char cancelled;
     char running;
+    char ctx_shared;            /* context is a shared snapshot: context.c */
     PyObject *argbuf[1 + QLH_INLINE_ARGS];
 } HandleObject;
 
@@ -96,6 +97,8 @@ struct LoopObject {
     /* Its traverse met handles it does not own alone: see handle.c. */
     char gc_sweep_pending;
     LoopObject *gc_sweep_next;
+    PyObject *ctx_snap;          /* shared context snapshot: context.c */
+    PyObject *ctx_work;          /* where shared-snapshot handles run */
 };
 
 /* handle.c */
@@ -112,6 +115,13 @@ int qloop_handle_visit_owned(HandleObject *h, visitproc visit, void *arg,
 void qloop_handle_run(LoopObject *loop, HandleObject *h);
 void qloop_handle_clear_callback(HandleObject *h);
 void qloop_freelists_clear(void);
+
+/* context.c: contexts of handles scheduled without context= */
+int qloop_context_capture(LoopObject *loop, HandleObject *h);
+PyObject *qloop_context_for_run(LoopObject *loop, HandleObject *h);
+void qloop_context_after_run(LoopObject *loop, HandleObject *h,
+                             PyObject *ran_in);
+int qloop_context_own(HandleObject *h);
 
 /* loop.c */
 extern PyType_Spec qloop_loop_spec;
