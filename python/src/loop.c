@@ -420,6 +420,8 @@ static int closed_error(LoopObject *self)
 }
 
 /* Split `context=` from the keywords of a call_* method. */
+static PyObject *context_kw_alias;
+
 static int parse_context(LoopObject *self, PyObject *kwnames,
                          PyObject *const *args, Py_ssize_t nargs,
                          const char *fname, PyObject **context)
@@ -431,14 +433,19 @@ static int parse_context(LoopObject *self, PyObject *kwnames,
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
         /* Keyword names from code objects are interned: identity first
-         * (every Task step passes context=). */
-        if (name != self->st->str_context &&
-            (!PyUnicode_Check(name) ||
-             PyUnicode_CompareWithASCIIString(name, "context") != 0)) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument '%S'", fname,
-                         name);
-            return -1;
+         * (every Task step passes context=).  The C Task's own "context"
+         * string is not always the interned one (3.11's static strings),
+         * so the first other "context" met is remembered as well. */
+        if (name != self->st->str_context && name != context_kw_alias) {
+            if (!PyUnicode_Check(name) ||
+                PyUnicode_CompareWithASCIIString(name, "context") != 0) {
+                PyErr_Format(PyExc_TypeError,
+                             "%s() got an unexpected keyword argument '%S'",
+                             fname, name);
+                return -1;
+            }
+            if (!context_kw_alias && PyUnicode_CheckExact(name))
+                context_kw_alias = Py_NewRef(name); /* kept: one str */
         }
         *context = args[nargs + i];
     }
