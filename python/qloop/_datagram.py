@@ -88,5 +88,18 @@ def _init(self, loop, sock, protocol, address=None, waiter=None, extra=None):
 
 
 _init.__qualname__ = "DatagramTransport.__init__"
+
+
+def resume_reading(self):
+    """asyncio's resume_reading; then what one batch read had read past
+    the pause is delivered (the fd need not become readable again)."""
+    _ASYNCIO.resume_reading(self)
+    if not self._paused and self._has_pending():
+        self._loop.call_soon(self._read_ready)
+
+
+if hasattr(_ASYNCIO, "resume_reading"):
+    DatagramTransport.resume_reading = resume_reading
+del resume_reading
 DatagramTransport.__init__ = _init
 del _init

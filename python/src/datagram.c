@@ -36,6 +36,19 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+/* recvmmsg() is Linux's (and recent BSDs'); elsewhere one recvfrom() per
+ * readiness event, as asyncio. */
+#ifdef __linux__
+#define USE_RECVMMSG 1
+#else
+#define USE_RECVMMSG 0
+#define recvmmsg(fd, msgs, n, flags, t) (errno = ENOSYS, -1)
+struct mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+#endif
+
 #include "qloop_ext.h"
 
 /* asyncio's _SelectorTransport.max_size. */
@@ -60,6 +73,7 @@ typedef struct {
     int family;            /* 0: not one we convert; go through the socket */
     /* The last address object sent to or received from, and its sockaddr. */
     PyObject *peer_obj;
+    PyObject *pending; /* list of (data, addr) read but not delivered */
     struct sockaddr_storage peer_sa;
     socklen_t peer_len;
 } DatagramObject;
@@ -305,55 +319,218 @@ slow:
     }
 }
 
-/* _read_ready(): one datagram per readiness event, as asyncio reads. */
-static PyObject *dgram_read_ready(DatagramObject *self,
-                                  PyObject *Py_UNUSED(ignored))
+/* The protocol's datagram_received(data, addr) for one datagram. */
+static PyObject *deliver(DatagramObject *self, PyObject *data, PyObject *addr)
 {
-    if (self->conn_lost)
-        Py_RETURN_NONE;
-    if (!self->family)
-        return call_slow(self, S_PY_READ_READY, NULL, 0);
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    memset(&ss, 0, offsetof(struct sockaddr_un, sun_path) + 1);
-    ssize_t n = recvfrom(self->sock_fd, recv_buf, sizeof(recv_buf),
-                         MSG_DONTWAIT, (struct sockaddr *)&ss, &len);
-    if (n < 0) {
-        int err = errno;
-        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
-            Py_RETURN_NONE;
-        return report_errno(self, err);
-    }
-    PyObject *data = PyBytes_FromStringAndSize(recv_buf, n);
-    if (!data)
-        return NULL;
-    PyObject *addr;
-    if (self->peer_obj && self->peer_from_recv && len == self->peer_len &&
-        len > 0 &&
-        memcmp(&ss, &self->peer_sa, len) == 0) {
-        addr = Py_NewRef(self->peer_obj);
-    } else {
-        addr = make_addr(self->family, &ss, len);
-        if (!addr) {
-            Py_DECREF(data);
-            return NULL;
-        }
-        if (len > 0 && self->family != AF_UNIX) {
-            self->peer_sa = ss;
-            self->peer_len = len;
-            self->peer_from_recv = 1;
-            Py_XSETREF(self->peer_obj, Py_NewRef(addr));
-        }
-    }
     PyObject *protocol = Py_NewRef(self->protocol ? self->protocol : Py_None);
     PyObject *stack[3] = {protocol, data, addr};
     PyObject *r = PyObject_VectorcallMethod(
         strs[S_DATAGRAM_RECEIVED], stack, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
         NULL);
     Py_DECREF(protocol);
-    Py_DECREF(data);
-    Py_DECREF(addr);
     return r;
+}
+
+/* The address object of a received sockaddr, the cached one when it is the
+ * same peer again. */
+static PyObject *recv_addr(DatagramObject *self,
+                           const struct sockaddr_storage *ss, socklen_t len)
+{
+    if (self->peer_obj && self->peer_from_recv && len == self->peer_len &&
+        len > 0 && memcmp(ss, &self->peer_sa, len) == 0)
+        return Py_NewRef(self->peer_obj);
+    PyObject *addr = make_addr(self->family, ss, len);
+    if (addr && len > 0 && self->family != AF_UNIX) {
+        self->peer_sa = *ss;
+        self->peer_len = len;
+        self->peer_from_recv = 1;
+        Py_XSETREF(self->peer_obj, Py_NewRef(addr));
+    }
+    return addr;
+}
+
+/* Whether to go on delivering what one recvmmsg() returned: not after
+ * close() or abort() (asyncio would not have read it), and not while
+ * reading is paused (what is left waits in `pending`). */
+static int keep_delivering(DatagramObject *self)
+{
+    return !self->conn_lost && !self->closing && !self->paused;
+}
+
+/* Datagrams read but not yet delivered, as a list of (data, addr). */
+static int stash(DatagramObject *self, PyObject *data, PyObject *addr)
+{
+    if (!self->pending && !(self->pending = PyList_New(0)))
+        return -1;
+    PyObject *t = PyTuple_Pack(2, data, addr);
+    if (!t)
+        return -1;
+    int rc = PyList_Append(self->pending, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+/* After a protocol error with datagrams still stashed: the next iteration
+ * delivers them (the fd may not become readable again). */
+static void schedule_read(DatagramObject *self)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *m = PyObject_GetAttrString((PyObject *)self, "_read_ready");
+    PyObject *r = m && self->loop ? PyObject_CallMethod(self->loop,
+                                                        "call_soon", "O", m)
+                                  : NULL;
+    if (!r)
+        PyErr_WriteUnraisable((PyObject *)self);
+    Py_XDECREF(r);
+    Py_XDECREF(m);
+    PyErr_Restore(type, value, tb);
+}
+
+/* Deliver what is stashed; 1 when all of it went, 0 when delivery
+ * stopped (closed, paused), -1 on a protocol error. */
+static int deliver_pending(DatagramObject *self)
+{
+    while (self->pending && PyList_GET_SIZE(self->pending) > 0) {
+        if (!keep_delivering(self)) {
+            if (self->conn_lost || self->closing)
+                Py_CLEAR(self->pending);
+            return 0;
+        }
+        PyObject *t = Py_NewRef(PyList_GET_ITEM(self->pending, 0));
+        if (PyList_SetSlice(self->pending, 0, 1, NULL) < 0) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyObject *r = deliver(self, PyTuple_GET_ITEM(t, 0),
+                              PyTuple_GET_ITEM(t, 1));
+        Py_DECREF(t);
+        if (!r) {
+            if (self->pending && PyList_GET_SIZE(self->pending) > 0)
+                schedule_read(self);
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    Py_CLEAR(self->pending);
+    return 1;
+}
+
+#define RECV_BATCH 16
+#define RECV_SLOT 65536 /* an IP datagram's payload is less */
+static char batch_buf[RECV_BATCH][RECV_SLOT];
+
+/* _read_ready(): asyncio reads one datagram per readiness event; we read
+ * what is there, up to RECV_BATCH, with one recvmmsg() (IP sockets), and
+ * deliver them in order. */
+static PyObject *dgram_read_ready(DatagramObject *self,
+                                  PyObject *Py_UNUSED(ignored))
+{
+    if (self->conn_lost)
+        Py_RETURN_NONE;
+    if (self->pending) {
+        int rc = deliver_pending(self);
+        if (rc < 0)
+            return NULL;
+        if (rc == 0)
+            Py_RETURN_NONE;
+    }
+    if (self->paused || self->closing)
+        Py_RETURN_NONE; /* a stale event or a call_soon'd read */
+    if (!self->family)
+        return call_slow(self, S_PY_READ_READY, NULL, 0);
+    if (!USE_RECVMMSG || self->family == AF_UNIX) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        memset(&ss, 0, offsetof(struct sockaddr_un, sun_path) + 1);
+        ssize_t n = recvfrom(self->sock_fd, recv_buf, sizeof(recv_buf),
+                             MSG_DONTWAIT, (struct sockaddr *)&ss, &len);
+        if (n < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
+                Py_RETURN_NONE;
+            return report_errno(self, err);
+        }
+        PyObject *data = PyBytes_FromStringAndSize(recv_buf, n);
+        if (!data)
+            return NULL;
+        PyObject *addr = recv_addr(self, &ss, len);
+        if (!addr) {
+            Py_DECREF(data);
+            return NULL;
+        }
+        PyObject *r = deliver(self, data, addr);
+        Py_DECREF(data);
+        Py_DECREF(addr);
+        return r;
+    }
+    struct mmsghdr msgs[RECV_BATCH];
+    struct iovec iov[RECV_BATCH];
+    struct sockaddr_storage ss[RECV_BATCH];
+    for (int i = 0; i < RECV_BATCH; i++) {
+        iov[i].iov_base = batch_buf[i];
+        iov[i].iov_len = RECV_SLOT;
+        memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+        msgs[i].msg_hdr.msg_name = &ss[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(ss[i]);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int got = recvmmsg(self->sock_fd, msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
+    if (got < 0) {
+        int err = errno;
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
+            Py_RETURN_NONE;
+        return report_errno(self, err);
+    }
+    /* Python objects first: a protocol callback may close the socket, and
+     * must not find half-converted buffers. */
+    PyObject *items[2 * RECV_BATCH];
+    int made = 0;
+    for (; made < got; made++) {
+        PyObject *data = PyBytes_FromStringAndSize(batch_buf[made],
+                                                   (Py_ssize_t)msgs[made].msg_len);
+        PyObject *addr = data ? recv_addr(self, &ss[made],
+                                          msgs[made].msg_hdr.msg_namelen)
+                              : NULL;
+        if (!addr) {
+            Py_XDECREF(data);
+            break;
+        }
+        items[2 * made] = data;
+        items[2 * made + 1] = addr;
+    }
+    PyObject *result = made == got ? Py_None : NULL;
+    int i = 0;
+    for (; result && i < made; i++) {
+        if (i > 0 && !keep_delivering(self))
+            break;
+        PyObject *r = deliver(self, items[2 * i], items[2 * i + 1]);
+        if (!r)
+            result = NULL;
+        Py_XDECREF(r);
+    }
+    /* Undelivered: kept while paused or after a protocol error (asyncio
+     * would have read them later), dropped once closing. */
+    int keep = !self->conn_lost && !self->closing;
+    int stashed = 0;
+    for (int k = i; k < made; k++) {
+        if (keep) {
+            if (stash(self, items[2 * k], items[2 * k + 1]) < 0) {
+                PyErr_WriteUnraisable((PyObject *)self);
+                keep = 0;
+            } else {
+                stashed = 1;
+            }
+        }
+    }
+    for (int k = 0; k < made; k++) {
+        Py_DECREF(items[2 * k]);
+        Py_DECREF(items[2 * k + 1]);
+    }
+    if (!result && stashed)
+        schedule_read(self);
+    return Py_XNewRef(result);
 }
 
 /* _setup(): after the Python __init__ has set _sock and _extra, note how
@@ -386,10 +563,11 @@ static PyObject *dgram_setup(DatagramObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyObject *dgram_get_write_buffer_size_c(DatagramObject *self,
-                                               PyObject *Py_UNUSED(ignored))
+/* _has_pending(): datagrams read before a pause wait for resume_reading. */
+static PyObject *dgram_has_pending(DatagramObject *self,
+                                   PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromSsize_t(self->buffer ? PyObject_Size(self->buffer) : 0);
+    return PyBool_FromLong(self->pending && PyList_GET_SIZE(self->pending));
 }
 
 /* ---- object protocol ------------------------------------------------------------ */
@@ -405,6 +583,7 @@ static int dgram_traverse(DatagramObject *self, visitproc visit, void *arg)
     Py_VISIT(self->address);
     Py_VISIT(self->buffer);
     Py_VISIT(self->peer_obj);
+    Py_VISIT(self->pending);
     return 0;
 }
 
@@ -418,6 +597,7 @@ static int dgram_clear(DatagramObject *self)
     Py_CLEAR(self->address);
     Py_CLEAR(self->buffer);
     Py_CLEAR(self->peer_obj);
+    Py_CLEAR(self->pending);
     return 0;
 }
 
@@ -444,8 +624,7 @@ static PyMethodDef dgram_methods[] = {
      "sendto(data, addr=None): send a datagram, or buffer it."},
     {"_read_ready", (PyCFunction)dgram_read_ready, METH_NOARGS, NULL},
     {"_setup", (PyCFunction)dgram_setup, METH_NOARGS, NULL},
-    {"_buffer_len", (PyCFunction)dgram_get_write_buffer_size_c, METH_NOARGS,
-     NULL},
+    {"_has_pending", (PyCFunction)dgram_has_pending, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -433,3 +433,69 @@ def test_no_fd_or_object_growth(qloop_loop):
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= fds
     assert len(gc.get_objects()) < objs + 200
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11),
+                    reason="datagram pause_reading is 3.11+")
+def test_pause_reading_inside_datagram_received(loop):
+    # Ten datagrams wait in the socket; the protocol pauses after the
+    # first: nothing more arrives until resume_reading, then all, in order.
+    class Pausing(Proto):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if len(self.received) == 1:
+                self.transport.pause_reading()
+
+    st, sp = loop.run_until_complete(loop.create_datagram_endpoint(
+        lambda: Pausing(loop), local_addr=("127.0.0.1", 0)))
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(10):
+        c.sendto(b"%d" % i, st.get_extra_info("sockname"))
+    loop.run_until_complete(until(lambda: sp.received))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert [d for d, _ in sp.received] == [b"0"]
+    assert not st.is_reading()
+    st.resume_reading()
+    loop.run_until_complete(until(lambda: len(sp.received) == 10))
+    assert [d for d, _ in sp.received] == [b"%d" % i for i in range(10)]
+    c.close()
+    st.close()
+    loop.run_until_complete(sp.done)
+
+
+def test_close_inside_datagram_received(loop):
+    class Closing(Proto):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            self.transport.close()
+
+    st, sp = loop.run_until_complete(loop.create_datagram_endpoint(
+        lambda: Closing(loop), local_addr=("127.0.0.1", 0)))
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(10):
+        c.sendto(b"%d" % i, st.get_extra_info("sockname"))
+    assert loop.run_until_complete(sp.done) is None
+    assert [d for d, _ in sp.received] == [b"0"]
+    assert sp.events == ["made", "lost"]
+    c.close()
+
+
+def test_protocol_error_keeps_later_datagrams(loop):
+    class Raising(Proto):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            raise RuntimeError("boom")
+
+    st, sp = loop.run_until_complete(loop.create_datagram_endpoint(
+        lambda: Raising(loop), local_addr=("127.0.0.1", 0)))
+    reported = []
+    loop.set_exception_handler(lambda lp, ctx: reported.append(ctx))
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(5):
+        c.sendto(b"%d" % i, st.get_extra_info("sockname"))
+    loop.run_until_complete(until(lambda: len(sp.received) == 5))
+    assert [d for d, _ in sp.received] == [b"%d" % i for i in range(5)]
+    assert len(reported) == 5
+    c.close()
+    st.close()
+    loop.run_until_complete(sp.done)
