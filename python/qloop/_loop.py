@@ -15,7 +15,7 @@ import sys
 import threading
 from asyncio import base_events, events, format_helpers, unix_events
 
-from . import _datagram, _qloop, _subprocess
+from . import _datagram, _pipes, _qloop, _subprocess
 
 __all__ = ("Loop", "new_event_loop")
 
@@ -130,6 +130,16 @@ class Loop(_qloop.CLoop, unix_events.SelectorEventLoop):
         self._ensure_fd_no_transport(sock)
         return _datagram.DatagramTransport(self, sock, protocol, address,
                                            waiter, extra)
+
+    # -- pipes: asyncio's transports, bulk pipes enlarged (_pipes.py) ----
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None,
+                                  extra=None):
+        return _pipes.ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None,
+                                   extra=None):
+        return _pipes.WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     # -- subprocesses: reaped by the loop itself (see _subprocess.py) ------
 
