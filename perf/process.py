@@ -45,7 +45,7 @@ CHUNK = 1 << 20
 HEARTBEAT = 0.001  # s between the ticks of the spawn benchmark's heartbeat
 BENCHES = {
     # name: (full n, quick n)
-    "spawn": (2000, 300),
+    "spawn": (1000, 200),
     "pipe": (512, 96),  # MiB
 }
 
