@@ -167,14 +167,40 @@ int ql_loop_fork(ql_loop *loop);
 size_t ql_loop_timer_count(const ql_loop *loop);
 size_t ql_loop_io_count(const ql_loop *loop);
 
+/* Timer lag histogram: bucket 0 counts lags under 1 us, bucket k (k >= 1)
+ * lags in [2^(k-1), 2^k) us, the last bucket everything above. */
+#define QL_LAG_BUCKETS 32
+
 typedef struct ql_stats {
     uint64_t iterations;
     uint64_t callbacks_run; /* ready-ring callbacks */
     uint64_t io_events;     /* watcher callbacks dispatched */
     uint64_t timers_fired;
     int64_t poll_ns;        /* time spent in polls that may block */
+    /* From each poll's return to the end of its iteration, summed over the
+     * iterations that ran anything: I/O dispatch, timers, the ring pass.
+     * One clock read per such iteration, none per callback. */
+    int64_t callback_ns;
+    /* The longest iteration that ran exactly one ring callback (and so an
+     * upper bound of that callback's time; no per-callback clock). */
+    int64_t longest_single_ns;
+    /* Lag: how late each timer fired against its deadline. */
+    int64_t lag_max_ns;
+    uint64_t lag_hist[QL_LAG_BUCKETS];
 } ql_stats;
 void ql_loop_stats(const ql_loop *loop, ql_stats *out);
+/* The histogram bucket of a lag in ns (see QL_LAG_BUCKETS). */
+unsigned ql_lag_bucket(int64_t lag_ns);
+
+/* The heartbeat, readable from any thread without a lock (for a stall
+ * watchdog): while the loop runs callbacks, the time (ql_time_ns) its last
+ * poll returned; 0 while it is in a poll that may block or not running.
+ * ql_loop_idle_since(): when it last entered such a poll or stopped
+ * running.  A loop that polls without blocking refreshes busy_since every
+ * iteration, so "busy_since older than T" means "has not come back to
+ * poll for T". */
+int64_t ql_loop_busy_since(const ql_loop *loop);
+int64_t ql_loop_idle_since(const ql_loop *loop);
 
 /* "epoll" or "kqueue". */
 const char *ql_backend_name(void);

@@ -63,6 +63,8 @@ int ql_loop_new(ql_loop **out)
     loop->stale_fd_prev = loop->stale_fd_cur = -1;
     atomic_init(&loop->polling, 0);
     atomic_init(&loop->wakeup_pending, 0);
+    atomic_init(&loop->busy_since, 0);
+    atomic_init(&loop->idle_since, 0);
     rc = -pthread_mutex_init(&loop->tsq_lock, NULL);
     if (rc < 0) {
         ql__ring_free(&loop->ready);
@@ -164,8 +166,9 @@ int ql_loop_visit_ready(ql_loop *loop, ql_visit_fn visit, void *ctx)
     return rc;
 }
 
-/* Run exactly the callbacks queued when the pass began. */
-static void run_ready(ql_loop *loop)
+/* Run exactly the callbacks queued when the pass began; returns how many
+ * ran. */
+static uint32_t run_ready(ql_loop *loop)
 {
     uint32_t n = loop->ready.count, ran = 0;
     ql__ready_entry e;
@@ -176,6 +179,7 @@ static void run_ready(ql_loop *loop)
             break;
     }
     loop->stats.callbacks_run += ran;
+    return ran;
 }
 
 /* ---- wakeup -------------------------------------------------------------- */
@@ -296,14 +300,22 @@ static void run_timers(ql_loop *loop)
 {
     uint64_t limit = loop->timer_seq;
     int64_t now = loop->now;
+    if (!loop->timers.count)
+        return;
     loop->in_timer_pass = 1;
     while (loop->timers.count) {
         ql__heap_slot *top = &loop->timers.slots[QL_HEAP0];
         if (top->deadline > now || top->seq >= limit)
             break;
         ql_timer *timer = top->timer;
+        /* Lag against the clock read after this iteration's poll: what
+         * the binding adds later (the ring pass) is its own. */
+        int64_t lag = now - top->deadline;
         ql__heap_remove(&loop->timers, timer);
         loop->stats.timers_fired++;
+        loop->stats.lag_hist[ql_lag_bucket(lag)]++;
+        if (lag > loop->stats.lag_max_ns)
+            loop->stats.lag_max_ns = lag;
         timer->cb(loop, timer);
         if (loop->broken)
             break;
@@ -436,6 +448,8 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
         timeout = 0;
     } else {
         t0 = loop->now = ql_time_ns();
+        atomic_store_explicit(&loop->idle_since, t0, memory_order_relaxed);
+        atomic_store_explicit(&loop->busy_since, 0, memory_order_release);
         if (loop->timers.count) {
             timeout = loop->timers.slots[QL_HEAP0].deadline - t0;
             if (timeout < 0)
@@ -453,6 +467,7 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
                       ? loop->poll_leave(loop, loop->poll_hook_data)
                       : 0;
     loop->now = ql_time_ns();
+    atomic_store_explicit(&loop->busy_since, loop->now, memory_order_release);
     if (timeout != 0)
         loop->stats.poll_ns += loop->now - t0;
     loop->stats.iterations++;
@@ -484,10 +499,18 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
         loop->stale_fd_prev = -1;
     }
 
+    uint64_t fired = loop->stats.timers_fired;
+    uint32_t ran = 0;
     run_timers(loop);
-    if (loop->broken)
-        return QL_BROKEN;
-    run_ready(loop);
+    if (!loop->broken)
+        ran = run_ready(loop);
+    /* Callback time: one clock read per iteration that ran anything. */
+    if (ran || n > 0 || fired != loop->stats.timers_fired) {
+        int64_t dt = ql_time_ns() - loop->now;
+        loop->stats.callback_ns += dt;
+        if (ran == 1 && dt > loop->stats.longest_single_ns)
+            loop->stats.longest_single_ns = dt;
+    }
     return loop->broken ? QL_BROKEN : 0;
 }
 
@@ -504,6 +527,9 @@ int ql_loop_run(ql_loop *loop, ql_run_mode mode)
     loop->stop_requested = 0;
     loop->broken = 0;
     loop->running = 0;
+    atomic_store_explicit(&loop->idle_since, ql_time_ns(),
+                          memory_order_relaxed);
+    atomic_store_explicit(&loop->busy_since, 0, memory_order_release);
     return rc;
 }
 
@@ -529,3 +555,24 @@ int ql_loop_fork(ql_loop *loop)
 }
 
 void ql_loop_stats(const ql_loop *loop, ql_stats *out) { *out = loop->stats; }
+
+unsigned ql_lag_bucket(int64_t lag_ns)
+{
+    if (lag_ns < 1000)
+        return 0;
+    uint64_t us = (uint64_t)lag_ns / 1000;
+    unsigned k = 64 - (unsigned)__builtin_clzll(us);
+    return k < QL_LAG_BUCKETS ? k : QL_LAG_BUCKETS - 1;
+}
+
+int64_t ql_loop_busy_since(const ql_loop *loop)
+{
+    return atomic_load_explicit(&((ql_loop *)loop)->busy_since,
+                                memory_order_acquire);
+}
+
+int64_t ql_loop_idle_since(const ql_loop *loop)
+{
+    return atomic_load_explicit(&((ql_loop *)loop)->idle_since,
+                                memory_order_acquire);
+}

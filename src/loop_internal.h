@@ -53,6 +53,11 @@ struct ql_loop {
     void *poll_hook_data;
 
     ql_stats stats;
+
+    /* The heartbeat (ql_loop_busy_since): written by the loop thread with
+     * plain stores, read by any thread. */
+    _Atomic int64_t busy_since;
+    _Atomic int64_t idle_since;
 };
 
 #endif

@@ -2,7 +2,9 @@
  * ql_loop_stats: iterations, callbacks_run, timers_fired, io_events and
  * poll_ns count what happened, no more, no less.
  */
+#include <pthread.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qloop_check.h"
@@ -176,6 +178,165 @@ START_TEST(stats_poll_time)
 }
 END_TEST
 
+static void sleep_ns(int64_t ns)
+{
+    struct timespec ts = {ns / QL_SEC, ns % QL_SEC};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* A callback that blocks for `*(int64_t *)arg` ns, noting the heartbeat. */
+static int64_t seen_busy_since, seen_now;
+static void busy_cb(ql_loop *loop, void *arg)
+{
+    seen_busy_since = ql_loop_busy_since(loop);
+    seen_now = ql_loop_now(loop);
+    sleep_ns(*(int64_t *)arg);
+}
+
+START_TEST(stats_lag_bucket_edges)
+{
+    ck_assert_uint_eq(ql_lag_bucket(0), 0);
+    ck_assert_uint_eq(ql_lag_bucket(999), 0);
+    ck_assert_uint_eq(ql_lag_bucket(1000), 1);
+    ck_assert_uint_eq(ql_lag_bucket(1999), 1);
+    ck_assert_uint_eq(ql_lag_bucket(2000), 2);
+    ck_assert_uint_eq(ql_lag_bucket(3999), 2);
+    ck_assert_uint_eq(ql_lag_bucket(4000), 3);
+    /* 5 ms = 5000 us, in [4096, 8192) */
+    ck_assert_uint_eq(ql_lag_bucket(5 * QL_MS), 13);
+    ck_assert_uint_eq(ql_lag_bucket(INT64_MAX), QL_LAG_BUCKETS - 1);
+}
+END_TEST
+
+START_TEST(stats_timer_lag)
+{
+    /* Timers due 5 ms and 40 ms ago fire with at least that lag; the
+     * histogram counts each fired timer once; max is the largest. */
+    ql_loop *loop = ql_test_loop_new();
+    ql_stats st = stats(loop);
+    ck_assert_int_eq(st.lag_max_ns, 0);
+    for (int k = 0; k < QL_LAG_BUCKETS; k++)
+        ck_assert_uint_eq(st.lag_hist[k], 0);
+    ql_timer t[3];
+    int64_t now = ql_loop_update_time(loop);
+    int64_t due[3] = {now - 5 * QL_MS, now - 40 * QL_MS, now + 10 * QL_SEC};
+    for (int i = 0; i < 3; i++) {
+        ql_timer_init(&t[i], nop_timer_cb, NULL);
+        ck_assert_int_eq(ql_timer_start(loop, &t[i], due[i]), 0);
+    }
+    int64_t before = ql_time_ns();
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    int64_t after = ql_time_ns();
+    st = stats(loop);
+    uint64_t total = 0;
+    for (int k = 0; k < QL_LAG_BUCKETS; k++)
+        total += st.lag_hist[k];
+    ck_assert_uint_eq(total, 2);
+    ck_assert_int_ge(st.lag_max_ns, before - due[1]);
+    ck_assert_int_le(st.lag_max_ns, after - due[1]);
+    /* each lag sits in the bucket of a value between its bounds */
+    unsigned lo5 = ql_lag_bucket(before - due[0]);
+    unsigned hi5 = ql_lag_bucket(after - due[0]);
+    uint64_t in5 = 0;
+    for (unsigned k = lo5; k <= hi5; k++)
+        in5 += st.lag_hist[k];
+    ck_assert_uint_ge(in5, 1);
+    ck_assert_uint_eq(st.lag_hist[ql_lag_bucket(st.lag_max_ns)] > 0, 1);
+    ql_timer_stop(loop, &t[2]);
+    ql_test_loop_free(loop);
+}
+END_TEST
+
+START_TEST(stats_callback_time)
+{
+    /* A 30 ms callback alone in its pass: callback_ns and longest_single_ns
+     * both see it.  Three 10 ms callbacks in one pass add 30 ms to
+     * callback_ns but are no "single" callback. */
+    ql_loop *loop = ql_test_loop_new();
+    int64_t d30 = 30 * QL_MS, d10 = 10 * QL_MS;
+    ck_assert_int_eq(ql_call_soon(loop, busy_cb, &d30), 0);
+    int64_t t0 = ql_time_ns();
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    int64_t wall = ql_time_ns() - t0;
+    ql_stats st = stats(loop);
+    ck_assert_int_ge(st.callback_ns, d30);
+    ck_assert_int_le(st.callback_ns, wall);
+    ck_assert_int_ge(st.longest_single_ns, d30);
+    ck_assert_int_le(st.longest_single_ns, wall);
+    int64_t single = st.longest_single_ns, cbns = st.callback_ns;
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(ql_call_soon(loop, busy_cb, &d10), 0);
+    t0 = ql_time_ns();
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    wall = ql_time_ns() - t0;
+    st = stats(loop);
+    ck_assert_int_ge(st.callback_ns - cbns, 3 * d10);
+    ck_assert_int_le(st.callback_ns - cbns, wall);
+    ck_assert_int_eq(st.longest_single_ns, single);
+    /* an iteration that ran nothing adds nothing */
+    cbns = st.callback_ns;
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    ck_assert_int_eq(stats(loop).callback_ns, cbns);
+    ql_test_loop_free(loop);
+}
+END_TEST
+
+struct hb_probe {
+    ql_loop *loop;
+    int64_t busy, idle;
+};
+
+static void *hb_reader(void *arg)
+{
+    struct hb_probe *p = arg;
+    sleep_ns(20 * QL_MS); /* the loop is inside busy_cb by then */
+    p->busy = ql_loop_busy_since(p->loop);
+    p->idle = ql_loop_idle_since(p->loop);
+    return NULL;
+}
+
+START_TEST(stats_heartbeat)
+{
+    /* busy_since: the poll's return while callbacks run, seen from another
+     * thread too; 0 once the run is over, with idle_since after it. */
+    ql_loop *loop = ql_test_loop_new();
+    ck_assert_int_eq(ql_loop_busy_since(loop), 0);
+    int64_t d60 = 60 * QL_MS;
+    struct hb_probe p = {loop, -1, -1};
+    pthread_t th;
+    ck_assert_int_eq(ql_call_soon(loop, busy_cb, &d60), 0);
+    ck_assert_int_eq(pthread_create(&th, NULL, hb_reader, &p), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    int64_t end = ql_time_ns();
+    pthread_join(th, NULL);
+    ck_assert_int_ne(seen_busy_since, 0);
+    ck_assert_int_eq(seen_busy_since, seen_now);
+    ck_assert_int_eq(p.busy, seen_busy_since);
+    ck_assert_int_eq(ql_loop_busy_since(loop), 0);
+    ck_assert_int_ge(ql_loop_idle_since(loop), seen_busy_since + d60);
+    ck_assert_int_le(ql_loop_idle_since(loop), end);
+    /* a poll that blocks is idle: busy_since 0 during it, idle_since its
+     * start; a timer 30 ms away bounds it */
+    ql_timer t;
+    ql_timer_init(&t, nop_timer_cb, NULL);
+    ck_assert_int_eq(
+        ql_timer_start(loop, &t, ql_loop_update_time(loop) + 30 * QL_MS), 0);
+    p.busy = p.idle = -1;
+    int64_t t0 = ql_time_ns();
+    ck_assert_int_eq(pthread_create(&th, NULL, hb_reader, &p), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_ONCE), 0);
+    pthread_join(th, NULL);
+    if (ql_time_ns() - t0 > 25 * QL_MS + 20 * QL_MS) {
+        /* the reader ran after the poll under load: nothing to conclude */
+    } else if (p.busy == 0) {
+        ck_assert_int_ge(p.idle, t0);
+    }
+    ck_assert_int_eq(ql_loop_busy_since(loop), 0);
+    ql_test_loop_free(loop);
+}
+END_TEST
+
 Suite *stats_suite(void)
 {
     Suite *s = suite_create("stats");
@@ -184,6 +345,10 @@ Suite *stats_suite(void)
     tcase_add_test(tc, stats_fresh_loop);
     tcase_add_test(tc, stats_count_what_happened);
     tcase_add_test(tc, stats_poll_time);
+    tcase_add_test(tc, stats_lag_bucket_edges);
+    tcase_add_test(tc, stats_timer_lag);
+    tcase_add_test(tc, stats_callback_time);
+    tcase_add_test(tc, stats_heartbeat);
     suite_add_tcase(s, tc);
     return s;
 }
