@@ -191,6 +191,13 @@ typedef struct ql_stats {
 void ql_loop_stats(const ql_loop *loop, ql_stats *out);
 /* The histogram bucket of a lag in ns (see QL_LAG_BUCKETS). */
 unsigned ql_lag_bucket(int64_t lag_ns);
+/* By default a timer's lag is taken when it fires.  A binding whose timer
+ * callbacks only queue the real work (as qloop's asyncio loop queues its
+ * TimerHandles on the ready ring, behind what is queued already) turns
+ * that off and notes each lag when the work runs: then the lag includes
+ * the wait behind a blocking callback of the same iteration. */
+void ql_loop_set_lag_at_fire(ql_loop *loop, int on);
+void ql_loop_note_timer_lag(ql_loop *loop, int64_t deadline, int64_t now);
 
 /* The heartbeat, readable from any thread without a lock (for a stall
  * watchdog): while the loop runs callbacks, the time (ql_time_ns) its last

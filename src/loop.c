@@ -308,14 +308,11 @@ static void run_timers(ql_loop *loop)
         if (top->deadline > now || top->seq >= limit)
             break;
         ql_timer *timer = top->timer;
-        /* Lag against the clock read after this iteration's poll: what
-         * the binding adds later (the ring pass) is its own. */
-        int64_t lag = now - top->deadline;
+        /* Lag against the clock read after this iteration's poll. */
+        if (!loop->lag_by_caller)
+            ql_loop_note_timer_lag(loop, top->deadline, now);
         ql__heap_remove(&loop->timers, timer);
         loop->stats.timers_fired++;
-        loop->stats.lag_hist[ql_lag_bucket(lag)]++;
-        if (lag > loop->stats.lag_max_ns)
-            loop->stats.lag_max_ns = lag;
         timer->cb(loop, timer);
         if (loop->broken)
             break;
@@ -555,6 +552,25 @@ int ql_loop_fork(ql_loop *loop)
 }
 
 void ql_loop_stats(const ql_loop *loop, ql_stats *out) { *out = loop->stats; }
+
+void ql_loop_set_lag_at_fire(ql_loop *loop, int on)
+{
+    loop->lag_by_caller = !on;
+}
+
+void ql_loop_note_timer_lag(ql_loop *loop, int64_t deadline, int64_t now)
+{
+    /* Unsigned: a deadline of INT64_MIN (asyncio's "at once") must not
+     * overflow; early calls (now < deadline) count as no lag. */
+    int64_t lag = 0;
+    if (now > deadline) {
+        uint64_t d = (uint64_t)now - (uint64_t)deadline;
+        lag = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
+    }
+    loop->stats.lag_hist[ql_lag_bucket(lag)]++;
+    if (lag > loop->stats.lag_max_ns)
+        loop->stats.lag_max_ns = lag;
+}
 
 unsigned ql_lag_bucket(int64_t lag_ns)
 {

@@ -17,6 +17,7 @@ struct ql_loop {
     ql__timer_heap timers;
     uint64_t timer_seq;
     int in_timer_pass; /* run_timers() is firing timers */
+    int lag_by_caller; /* see ql_loop_set_lag_at_fire */
 
     /* fd -> watcher, NULL where nothing watches. */
     ql_io **watchers;

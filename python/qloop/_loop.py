@@ -15,7 +15,7 @@ import sys
 import threading
 from asyncio import base_events, events, format_helpers, unix_events
 
-from . import _datagram, _pipes, _qloop, _subprocess
+from . import _datagram, _diagnostics, _pipes, _qloop, _subprocess
 
 __all__ = ("Loop", "new_event_loop")
 
@@ -71,7 +71,8 @@ class _WatcherMap:
         return self._view.get_key(fd)
 
 
-class Loop(_qloop.CLoop, unix_events.SelectorEventLoop):
+class Loop(_qloop.CLoop, _diagnostics.DiagnosticsMixin,
+           unix_events.SelectorEventLoop):
     """An asyncio event loop on qloop's C reactor."""
 
     def __init__(self):
@@ -91,6 +92,7 @@ class Loop(_qloop.CLoop, unix_events.SelectorEventLoop):
                 firstiter=self._asyncgen_firstiter_hook,
                 finalizer=self._asyncgen_finalizer_hook)
             events._set_running_loop(self)
+            _diagnostics.before_run(self)
             self._run()
         finally:
             self._stopping = False

@@ -156,6 +156,8 @@ static inline void run_handle(LoopObject *loop, HandleObject *h)
         return;
     if (loop->debug)
         run_handle_debug(loop, h);
+    else if (loop->timed)
+        qloop_diag_run_handle(loop, h);
     else
         qloop_handle_run(loop, h);
 }
@@ -169,6 +171,16 @@ static void ring_run(ql_loop *ql, void *arg)
     qloop_handle_release(h);
 }
 
+/* A fired TimerHandle in the ring: its lag is taken now that it runs, so
+ * the wait behind what was queued before it counts (diag.c reads it). */
+static void timer_ring_run(ql_loop *ql, void *arg)
+{
+    TimerHandleObject *t = arg;
+    if (!t->base.cancelled)
+        ql_loop_note_timer_lag(ql, t->timer.deadline, ql_time_ns());
+    ring_run(ql, arg);
+}
+
 /* Timer: the loop owns one reference while the timer is armed, and hands
  * it to the ring when the timer fires.  Like asyncio's _run_once, a due
  * timer joins the ready queue behind what is already queued instead of
@@ -178,7 +190,7 @@ static void timer_fired(ql_loop *ql, ql_timer *timer)
 {
     TimerHandleObject *t = timer->data;
     t->scheduled = 0;
-    if (ql_call_soon(ql, ring_run, t) < 0) {
+    if (ql_call_soon(ql, timer_ring_run, t) < 0) {
         /* Out of memory for the ring: run it now rather than lose it. */
         run_handle(t->base.loop, &t->base);
         qloop_handle_release(&t->base);
@@ -231,6 +243,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     }
     ql_loop_set_poll_hooks(self->ql, poll_enter, poll_leave, self);
+    ql_loop_set_lag_at_fire(self->ql, 0); /* timer_ring_run notes it */
     return (PyObject *)self;
 }
 
@@ -238,7 +251,7 @@ static int visit_ring_entry(ql_callback_fn fn, void *arg, void *ctx)
 {
     void **v = ctx;
     visitproc visit = (visitproc)v[0];
-    if (fn == ring_run)
+    if (fn == ring_run || fn == timer_ring_run)
         return qloop_handle_visit_owned((HandleObject *)arg, visit, v[1],
                                         (int *)v[2]);
     return 0;
@@ -334,6 +347,8 @@ static int loop_traverse(LoopObject *self, visitproc visit, void *arg)
     Py_VISIT(self->cur_ctx);
     Py_VISIT(self->ctx_snap);
     Py_VISIT(self->ctx_work);
+    if (qloop_diag_traverse(self, visit, arg))
+        return -1;
     if (self->ql) {
         int shared = 0;
         void *v[3] = {(void *)visit, arg, &shared};
@@ -360,7 +375,7 @@ static void loop_release_all(LoopObject *self)
         ql_callback_fn fn;
         void *arg;
         while (ql_loop_pop_ready(self->ql, &fn, &arg))
-            if (fn == ring_run)
+            if (fn == ring_run || fn == timer_ring_run)
                 qloop_handle_release((HandleObject *)arg);
         ql_timer *timer;
         while ((timer = ql_loop_next_timer(self->ql)) != NULL) {
@@ -389,6 +404,7 @@ static int loop_clear(LoopObject *self)
     Py_CLEAR(self->cur_ctx);
     Py_CLEAR(self->ctx_snap);
     Py_CLEAR(self->ctx_work);
+    qloop_diag_clear(self);
     return 0;
 }
 
@@ -400,6 +416,7 @@ static void loop_dealloc(LoopObject *self)
     PyObject_GC_UnTrack(self);
     gc_sweep_unlink(self);
     loop_clear(self);
+    qloop_diag_free(self);
     if (self->ql) {
         ql_loop_free(self->ql);
         self->ql = NULL;
@@ -666,8 +683,13 @@ static PyObject *loop__run(LoopObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     Py_INCREF(self);
+    if (qloop_diag_run_start(self) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     int rc = ql_loop_run(self->ql, QL_RUN_DEFAULT);
     qloop_leave_context(self);
+    qloop_diag_run_end(self);
     PyObject *result = Py_None;
     if (self->pending_exc) {
         PyObject *exc = self->pending_exc;
@@ -701,6 +723,7 @@ static PyObject *loop__close_reactor(LoopObject *self,
     }
     self->closed = 1;
     loop_release_all(self);
+    qloop_diag_keep_stats(self); /* stats() still answers once closed */
     /* The poller's fds go now, not when the object dies; every path that
      * touches self->ql checks it first. */
     ql_loop_free(self->ql);
@@ -1117,6 +1140,11 @@ static PyMethodDef loop_methods[] = {
     {"_close_reactor", (PyCFunction)loop__close_reactor, METH_NOARGS, NULL},
     {"_set_c_debug", (PyCFunction)loop__set_c_debug, METH_O, NULL},
     {"_stats", (PyCFunction)loop__stats, METH_NOARGS, NULL},
+    {"stats", (PyCFunction)qloop_loop_stats, METH_NOARGS, NULL},
+    {"_diag_configure", (PyCFunction)(void (*)(void))qloop_loop__diag_configure,
+     METH_FASTCALL, NULL},
+    {"_diag_slow_threshold", (PyCFunction)qloop_loop__diag_slow_threshold,
+     METH_O, NULL},
     {"_add_reader", (PyCFunction)(void (*)(void))loop__add_reader,
      METH_FASTCALL, NULL},
     {"_add_writer", (PyCFunction)(void (*)(void))loop__add_writer,

@@ -51,6 +51,7 @@ typedef struct {
 } qloop_state;
 
 typedef struct LoopObject LoopObject;
+typedef struct qloop_diag qloop_diag; /* diag.c */
 
 typedef struct HandleObject {
     PyObject_HEAD
@@ -99,6 +100,8 @@ struct LoopObject {
     LoopObject *gc_sweep_next;
     PyObject *ctx_snap;          /* shared context snapshot: context.c */
     PyObject *ctx_work;          /* where shared-snapshot handles run */
+    char timed;        /* diag.c: time each callback */
+    qloop_diag *diag;  /* diag.c: NULL until diagnostics are used */
 };
 
 /* handle.c */
@@ -169,6 +172,19 @@ void qloop_sock_clear(qloop_state *st);
 
 /* datagram.c: adds _datagram_type() to the module. */
 int qloop_datagram_exec(PyObject *module);
+
+/* diag.c: stats(), slow-callback timing, the stall watchdog */
+void qloop_diag_run_handle(LoopObject *loop, HandleObject *h);
+int qloop_diag_run_start(LoopObject *loop);
+void qloop_diag_run_end(LoopObject *loop);
+int qloop_diag_traverse(LoopObject *loop, visitproc visit, void *arg);
+void qloop_diag_clear(LoopObject *loop);
+void qloop_diag_free(LoopObject *loop);
+void qloop_diag_keep_stats(LoopObject *loop);
+PyObject *qloop_loop_stats(LoopObject *self, PyObject *ignored);
+PyObject *qloop_loop__diag_configure(LoopObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs);
+PyObject *qloop_loop__diag_slow_threshold(LoopObject *self, PyObject *arg);
 
 /* module.c */
 qloop_state *qloop_state_from_type(PyTypeObject *type);

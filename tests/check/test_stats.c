@@ -337,6 +337,42 @@ START_TEST(stats_heartbeat)
 }
 END_TEST
 
+START_TEST(stats_lag_noted_by_caller)
+{
+    /* With lag at fire off, firing records nothing; the caller's notes
+     * do, and a deadline of INT64_MIN lands in the last bucket without
+     * overflowing. */
+    ql_loop *loop = ql_test_loop_new();
+    ql_loop_set_lag_at_fire(loop, 0);
+    ql_timer t;
+    ql_timer_init(&t, nop_timer_cb, NULL);
+    int64_t now = ql_loop_update_time(loop);
+    ck_assert_int_eq(ql_timer_start(loop, &t, now - 3 * QL_MS), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    ql_stats st = stats(loop);
+    ck_assert_uint_eq(st.timers_fired, 1);
+    ck_assert_int_eq(st.lag_max_ns, 0);
+    for (int k = 0; k < QL_LAG_BUCKETS; k++)
+        ck_assert_uint_eq(st.lag_hist[k], 0);
+    ql_loop_note_timer_lag(loop, now, now + 3 * QL_MS);
+    ql_loop_note_timer_lag(loop, now, now - 5); /* early: no lag */
+    ql_loop_note_timer_lag(loop, INT64_MIN, now);
+    st = stats(loop);
+    ck_assert_uint_eq(st.lag_hist[ql_lag_bucket(3 * QL_MS)], 1);
+    ck_assert_uint_eq(st.lag_hist[0], 1);
+    ck_assert_uint_eq(st.lag_hist[QL_LAG_BUCKETS - 1], 1);
+    ck_assert_int_eq(st.lag_max_ns, INT64_MAX);
+    ql_loop_set_lag_at_fire(loop, 1);
+    ck_assert_int_eq(ql_timer_start(loop, &t, ql_loop_update_time(loop)), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    st = stats(loop);
+    ck_assert_uint_eq(st.lag_hist[0] + st.lag_hist[1] + st.lag_hist[2] +
+                      st.lag_hist[ql_lag_bucket(3 * QL_MS)] +
+                      st.lag_hist[QL_LAG_BUCKETS - 1], 4);
+    ql_test_loop_free(loop);
+}
+END_TEST
+
 Suite *stats_suite(void)
 {
     Suite *s = suite_create("stats");
@@ -349,6 +385,7 @@ Suite *stats_suite(void)
     tcase_add_test(tc, stats_timer_lag);
     tcase_add_test(tc, stats_callback_time);
     tcase_add_test(tc, stats_heartbeat);
+    tcase_add_test(tc, stats_lag_noted_by_caller);
     suite_add_tcase(s, tc);
     return s;
 }
