@@ -86,6 +86,11 @@ TARGETS[("protocol", "1k")] = (0.9, 1.15)
 # streams and sock at 100 KiB also have "no worse than uvloop" (1.0): their
 # own, stricter, target covers it.
 
+CLOCK_TEXT = {
+    "schedstat": "ns from /proc/PID/task/*/schedstat",
+    "stat_ticks": "utime + stime of /proc/PID/stat, 10 ms ticks",
+}
+
 PROBE = ["--requests", "20", "--conns", "2", "--size", str(100 * 1024),
          "--timeout", "5"]
 
@@ -521,7 +526,7 @@ def build_report(loops, benches, results, descs, unavailable, meta, reps,
         return f"n/a [{fail_tag(bench_id(*bench), who, why)}]"
 
     cols = list(loops) + [C_SERVER]
-    cpu_rows, load_rows, json_rows = [], [], []
+    cpu_rows, load_rows, spread_rows, json_rows = [], [], [], []
     for bench in benches:
         style, size = bench
         cells = results[bench]
@@ -561,6 +566,9 @@ def build_report(loops, benches, results, descs, unavailable, meta, reps,
             return f"{_common.fmt_rate(rps)} / {p50:.0f} / {p99:.0f} / {flt}"
 
         load_rows.append([label] + [load_text(w) for w in cols])
+        spread_rows.append([label] + [
+            f"{stats[w]['spread'] * 100:.0f}% ({stats[w]['n_runs']})"
+            if stats[w] else "-" for w in cols])
 
         def loop_json(w):
             cell = cells[w]
@@ -597,7 +605,10 @@ def build_report(loops, benches, results, descs, unavailable, meta, reps,
     out.append(_common.markdown_table(
         header, cpu_rows, "l" + "r" * len(cols) + "rrrlc"))
     out.append("")
-    out.append(f"Server CPU (user + system, from /proc/PID/task/*/schedstat) "
+    clocks = sorted({r["server_cpu_clock"] for b in benches
+                     for c in results[b].values() for r in c["runs"]})
+    source = " and ".join(CLOCK_TEXT.get(c, c) for c in clocks) or "n/a"
+    out.append(f"Server CPU (user + system, {source}) "
                f"over the measured window / requests completed in it; "
                f"medians of {reps} run(s), loops interleaved run by run, "
                f"ratios the median of same-run ratios.  {CONNS} connections, "
@@ -619,6 +630,12 @@ def build_report(loops, benches, results, descs, unavailable, meta, reps,
     out.append("")
     out.append(_common.markdown_table(
         ["benchmark"] + cols, load_rows, "l" + "r" * len(cols)))
+    out.append("")
+    out.append("Run-to-run spread of the server CPU per request, "
+               "(max - min) / median (runs):")
+    out.append("")
+    out.append(_common.markdown_table(
+        ["benchmark"] + cols, spread_rows, "l" + "r" * len(cols)))
     out.append("")
     out.append("Loops:")
     out.append("")
