@@ -277,7 +277,7 @@ def test_server_side_objects_collected(loop):
     assert [r() for r in refs] == [None] * 5
 
 
-# ---- reference counts of what passes through a transport ---------------------
+# ---- reference counts of what passes through a transport --------------------
 
 
 @pytest.mark.parametrize("ending", ["flush", "abort"])
