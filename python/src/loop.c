@@ -77,6 +77,11 @@ static int is_exit_exception(PyObject *exc)
  * run_forever, as asyncio's Handle._run re-raises them. */
 static void stop_with(LoopObject *loop, PyObject *exc)
 {
+    qloop_stop_with(loop, exc);
+}
+
+void qloop_stop_with(LoopObject *loop, PyObject *exc)
+{
     if (loop->pending_exc)
         Py_DECREF(exc);
     else
@@ -254,6 +259,8 @@ static int visit_ring_entry(ql_callback_fn fn, void *arg, void *ctx)
     if (fn == ring_run || fn == timer_ring_run)
         return qloop_handle_visit_owned((HandleObject *)arg, visit, v[1],
                                         (int *)v[2]);
+    if (fn == qloop_stream_ring_run) /* a transport: always tracked */
+        return visit((PyObject *)arg, v[1]);
     return 0;
 }
 
@@ -343,6 +350,7 @@ static int loop_traverse(LoopObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->watchers);
+    Py_VISIT(self->streams);
     Py_VISIT(self->pending_exc);
     Py_VISIT(self->cur_ctx);
     Py_VISIT(self->ctx_snap);
@@ -377,6 +385,8 @@ static void loop_release_all(LoopObject *self)
         while (ql_loop_pop_ready(self->ql, &fn, &arg))
             if (fn == ring_run || fn == timer_ring_run)
                 qloop_handle_release((HandleObject *)arg);
+            else if (fn == qloop_stream_ring_run)
+                Py_DECREF((PyObject *)arg);
         ql_timer *timer;
         while ((timer = ql_loop_next_timer(self->ql)) != NULL) {
             TimerHandleObject *t = timer->data;
@@ -392,6 +402,7 @@ static void loop_release_all(LoopObject *self)
             watcher_stop((WatcherObject *)value);
         PyDict_Clear(self->watchers);
     }
+    qloop_streams_release(self);
 }
 
 static int loop_clear(LoopObject *self)
@@ -400,6 +411,7 @@ static int loop_clear(LoopObject *self)
         return 0;
     loop_release_all(self);
     Py_CLEAR(self->watchers);
+    Py_CLEAR(self->streams);
     Py_CLEAR(self->pending_exc);
     Py_CLEAR(self->cur_ctx);
     Py_CLEAR(self->ctx_snap);

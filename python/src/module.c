@@ -76,7 +76,8 @@ static int module_exec(PyObject *module)
         add_type(module, &qloop_watcher_spec, NULL, &st->WatcherType) < 0 ||
         qloop_sock_exec(module, st) < 0 ||
         qloop_datagram_exec(module) < 0 ||
-        qloop_gc_hook_install() < 0)
+        qloop_gc_hook_install() < 0 ||
+        qloop_stream_exec(module, st) < 0)
         return -1;
     st->str_check_thread = PyUnicode_InternFromString("_check_thread");
     st->str_current_handle = PyUnicode_InternFromString("_current_handle");
@@ -102,6 +103,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->extract_stack);
     Py_VISIT(st->log_slow);
     Py_VISIT(st->check_callback);
+    int rc = qloop_stream_traverse(st, visit, arg);
+    if (rc)
+        return rc;
     return qloop_sock_traverse(st, visit, arg);
 }
 
@@ -125,6 +129,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->str_slow_callback_duration);
     Py_CLEAR(st->str_context);
     qloop_sock_clear(st);
+    qloop_stream_clear(st);
     return 0;
 }
 

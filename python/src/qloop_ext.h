@@ -48,6 +48,9 @@ typedef struct {
     PyTypeObject *SockWaiterType;
     PyObject *sock_names;   /* tuple of interned method names */
     PyObject *sock_imports; /* tuple of classes and functions, on first use */
+    /* stream.c */
+    PyTypeObject *StreamTransportType;
+    PyObject *stream_names; /* tuple of interned names */
 } qloop_state;
 
 typedef struct LoopObject LoopObject;
@@ -93,6 +96,7 @@ struct LoopObject {
     PyObject *cur_ctx;           /* context entered lazily, see enter_context */
     PyObject *pending_exc;       /* SystemExit/KeyboardInterrupt ending a run */
     PyObject *watchers;          /* dict: fd -> Watcher */
+    PyObject *streams;           /* set: StreamTransports whose fd is watched */
     char closed;
     char debug;
     /* Its traverse met handles it does not own alone: see handle.c. */
@@ -172,6 +176,17 @@ void qloop_sock_clear(qloop_state *st);
 
 /* datagram.c: adds _datagram_type() to the module. */
 int qloop_datagram_exec(PyObject *module);
+/* stream.c: the C stream transport (TCP and Unix sockets).  Its ql_io
+ * callback queues qloop_stream_ring_run(transport) in the ready ring; the
+ * ring entry owns one reference to the transport. */
+void qloop_stream_ring_run(ql_loop *ql, void *arg);
+/* Stop watching every transport of the loop and empty loop->streams. */
+void qloop_streams_release(LoopObject *loop);
+int qloop_stream_exec(PyObject *module, qloop_state *st);
+int qloop_stream_traverse(qloop_state *st, visitproc visit, void *arg);
+void qloop_stream_clear(qloop_state *st);
+/* loop.c: end the run with SystemExit/KeyboardInterrupt `exc` (stolen). */
+void qloop_stop_with(LoopObject *loop, PyObject *exc);
 
 /* diag.c: stats(), slow-callback timing, the stall watchdog */
 void qloop_diag_run_handle(LoopObject *loop, HandleObject *h);
