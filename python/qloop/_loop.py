@@ -15,7 +15,7 @@ import sys
 import threading
 from asyncio import base_events, events, format_helpers, unix_events
 
-from . import _datagram, _diagnostics, _pipes, _qloop, _subprocess
+from . import _datagram, _diagnostics, _pipes, _qloop, _subprocess, _transport
 
 __all__ = ("Loop", "new_event_loop")
 
@@ -158,6 +158,15 @@ class Loop(_qloop.CLoop, _diagnostics.DiagnosticsMixin,
         return await _subprocess.make_subprocess_transport(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize,
             extra=extra, **kwargs)
+
+    # -- streams: a C transport (see _transport.py) -----------------------
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *,
+                               extra=None, server=None):
+        # TCP and Unix stream sockets get qloop's C transport; the set-up
+        # around it (create_connection, create_server, ...) is asyncio's.
+        return _transport.StreamTransport(self, sock, protocol, waiter,
+                                          extra, server)
 
     # -- what asyncio's Python code hands to the loop ---------------------
 
