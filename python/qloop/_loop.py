@@ -15,7 +15,8 @@ import sys
 import threading
 from asyncio import base_events, events, format_helpers, unix_events
 
-from . import _datagram, _diagnostics, _pipes, _qloop, _subprocess, _transport
+from . import _datagram, _diagnostics, _pipes, _qloop, _subprocess
+from . import _transport
 
 __all__ = ("Loop", "new_event_loop")
 

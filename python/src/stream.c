@@ -389,11 +389,18 @@ static void wq_consume(StreamObject *self, Py_ssize_t n)
 
 static ssize_t send_iov(int fd, struct iovec *iov, int cnt)
 {
+    ssize_t n;
+    if (cnt == 1) {
+        /* send(): no msghdr and iovec for the kernel to copy in. */
+        do
+            n = send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        return n;
+    }
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = iov;
     msg.msg_iovlen = (size_t)cnt;
-    ssize_t n;
     do
         n = sendmsg(fd, &msg, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
