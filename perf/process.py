@@ -22,7 +22,8 @@ on every loop (asyncio.create_subprocess_exec and its Process/streams):
   pipe    1 MiB chunks through `cat` (pinned to the other CPU): one task
           writes them to stdin with drain(), another reads stdout with
           read(1 MiB) to EOF, checking the byte count; MiB per second
-          (target >= 1.0x uvloop).
+          (target >= 1.0x uvloop), and MiB per CPU second of the loop's
+          process (user + system; reported, no target).
 
 A loop that cannot run a benchmark is n/a with the reason.  Exit status 0
 when the suite ran, whatever the numbers.
@@ -216,6 +217,16 @@ def build_doc(loops, benches, cells, descs, unavailable, meta, quick):
                 "pipe", f"1 MiB chunks through cat, {n} MiB",
                 "pipe_mib_per_s", "MiB/s", "higher", main,
                 target=(">=", 1.0)))
+            per_cpu = {}
+            for loop, c in main.items():
+                runs = cells[bench].get(loop, {}).get("runs", [])
+                per_cpu[loop] = {"values": [r["per_cpu_s"] for r in runs
+                                            if r.get("per_cpu_s")],
+                                 "error": c["error"]}
+            rows.append(_common.make_row(
+                "pipe_cpu", f"1 MiB chunks through cat, {n} MiB, per CPU "
+                "second of the loop's process", "pipe_mib_per_cpu_s",
+                "MiB/s", "higher", per_cpu))
     return {"suite": "process", "meta": meta, "loops": descs,
             "unavailable": unavailable, "rows": rows}
 

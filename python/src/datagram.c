@@ -268,8 +268,10 @@ static PyObject *dgram_sendto(DatagramObject *self, PyObject *const *args,
     const struct sockaddr *sa = NULL;
     socklen_t salen = 0;
     if (self->address != Py_None && self->address) {
-        if (addr != Py_None && addr != self->address)
-            goto slow; /* asyncio compares with ==, and raises if unequal */
+        /* asyncio compares with == and raises if unequal; it sends to
+         * _address, with send() when the socket is connected. */
+        if ((addr != Py_None && addr != self->address) || !self->connected)
+            goto slow;
     } else if (!self->connected) {
         if (addr == Py_None)
             goto slow;
