@@ -127,14 +127,14 @@ def test_10k_connect_close_cycles_no_growth(loop):
     bounds are per 10k connections: one leaked object per 20 connections
     exceeds the first (500 blocks), a leak of 32 bytes per connection the
     second (256 KiB, which absorbs malloc's own bookkeeping).  The
-    baseline is taken after 1000 connections, past the one-time growth of
+    baseline is taken after 500 connections, past the one-time growth of
     the loop's tables."""
     n = 10_000
 
     async def main():
         server = await loop.create_server(Echo, HOST, 0, backlog=200)
         port = server.sockets[0].getsockname()[1]
-        await connect_cycles(loop, port, 1000)  # warm up every cache
+        await connect_cycles(loop, port, 500)  # warm up every cache
         full_gc()
         fds = fd_count()
         objects = len(gc.get_objects())
