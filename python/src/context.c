@@ -27,6 +27,9 @@
  *    context if asked from inside its callback (the one it runs in), else
  *    a copy of its snapshot; from then on the handle is an ordinary one.
  *    So every handle's context is a distinct object, as with asyncio.
+ *  - Before a poll that may block and when a run ends, the loop drops both
+ *    (qloop_context_idle): they keep no variable's value alive longer than
+ *    asyncio's handles would, and the next handle makes a new snapshot.
  *  - Comparing the variables needs the context's mapping pointer, which
  *    CPython does not expose: the layout of PyContext (the same from 3.7 to
  *    3.13) is mirrored below and checked at start-up against the running
@@ -138,6 +141,12 @@ void qloop_context_after_run(LoopObject *loop, HandleObject *h,
     else
         Py_INCREF(ran_in);
     Py_DECREF(snap);
+}
+
+void qloop_context_idle(LoopObject *loop)
+{
+    Py_CLEAR(loop->ctx_snap);
+    Py_CLEAR(loop->ctx_work);
 }
 
 /* Give a shared handle a context of its own (get_context(), _run()). */

@@ -209,6 +209,7 @@ static void poll_enter(ql_loop *ql, void *data)
     (void)ql;
     LoopObject *loop = data;
     qloop_leave_context(loop);
+    qloop_context_idle(loop);
     loop->saved_tstate = PyEval_SaveThread();
 }
 
@@ -702,6 +703,7 @@ static PyObject *loop__run(LoopObject *self, PyObject *Py_UNUSED(ignored))
     int rc = ql_loop_run(self->ql, QL_RUN_DEFAULT);
     qloop_leave_context(self);
     qloop_diag_run_end(self);
+    qloop_context_idle(self);
     PyObject *result = Py_None;
     if (self->pending_exc) {
         PyObject *exc = self->pending_exc;

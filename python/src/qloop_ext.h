@@ -129,6 +129,10 @@ PyObject *qloop_context_for_run(LoopObject *loop, HandleObject *h);
 void qloop_context_after_run(LoopObject *loop, HandleObject *h,
                              PyObject *ran_in);
 int qloop_context_own(HandleObject *h);
+/* Idle (about to block, or the run ended): drop the snapshot and work
+ * context, so that they hold no context variable's value longer than the
+ * handles that need it. */
+void qloop_context_idle(LoopObject *loop);
 
 /* loop.c */
 extern PyType_Spec qloop_loop_spec;

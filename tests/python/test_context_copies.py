@@ -307,3 +307,23 @@ def test_task_step_between_shared_callbacks(loop):
     loop.run_until_complete(t)
     assert ("a", "base") in seen and ("b", "base") in seen
     assert ("task", "task") in seen
+
+
+def test_context_values_released_once_callbacks_ran(loop):
+    """A value only scheduled contexts hold dies with the last of them."""
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    big = Big()
+    ref = weakref.ref(big)
+    tok = var.set(big)
+    loop.call_soon(lambda: None)
+    h = loop.call_later(0, lambda: None)
+    var.reset(tok)
+    del big, h
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gc.collect()
+    assert ref() is None
