@@ -30,7 +30,11 @@ per octave) and reads the server's CPU time, user + system, from
 /proc/PID/task/*/schedstat (nanoseconds; utime + stime ticks of
 /proc/PID/stat where schedstat is missing) at the two ends of the window:
 so the server's CPU per request holds whether the server or the load
-generator is the bottleneck.
+generator is the bottleneck.  On loopback the kernel runs the receive path
+of a segment in the sender's context, so the server's figure includes part
+of TCP's work for the generator's socket (and the other way round): the same
+for every server, the pure-C one included, which is why it is the ceiling.
+The generator also reports the server's minor page faults over the window.
 
 Every server process is probed with 20 requests of 100 KiB on 2
 connections before its measured runs (1, 10, then 100 KiB, in one process):
