@@ -295,7 +295,7 @@ static void gc_sweep_unlink(LoopObject *self)
 static int sweep_ring_entry(ql_callback_fn fn, void *arg, void *ctx)
 {
     (void)ctx;
-    if (fn == ring_run)
+    if (fn == ring_run || fn == timer_ring_run)
         qloop_handle_track_if_shared((HandleObject *)arg);
     return 0;
 }

@@ -199,3 +199,33 @@ def test_contexts_isolated_across_collections(loop):
     loop.run_forever()
     assert seen == [i * 10 for i in range(1, 100)]
     assert var.get() == 0
+
+
+def test_fired_timer_left_queued_in_a_dropped_loop(loop_factory):
+    """A fired timer still queued when the run ended (an earlier callback
+    raised SystemExit), held in a cycle, the loop then dropped unclosed:
+    all of it is collected."""
+    import warnings
+    lp = loop_factory()
+    o = Obj()
+    when = lp.time()
+
+    def stop_hard():
+        raise SystemExit
+
+    lp.call_at(when, stop_hard)
+    o.handle = lp.call_at(when, o.method, lp)
+    import time
+    time.sleep(0.002)
+    try:
+        lp.run_forever()
+    except SystemExit:
+        pass
+    assert o.calls == []  # queued behind stop_hard, not run
+    rl, ro = weakref.ref(lp), weakref.ref(o)
+    del lp, o
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        for _ in range(3):
+            gc.collect()
+    assert rl() is None and ro() is None
