@@ -145,7 +145,8 @@ def test_read_pause_resume(loop):
         rt, rp = await loop.connect_read_pipe(lambda: ReadProto(loop),
                                               os.fdopen(r, "rb", 0))
         rt.pause_reading()
-        assert not rt.is_reading()
+        if sys.version_info >= (3, 11):  # 3.10's pipe has no is_reading
+            assert not rt.is_reading()
         os.write(w, b"while paused")
         await asyncio.sleep(0.05)
         assert rp.data == b""
