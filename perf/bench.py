@@ -46,13 +46,14 @@ Suite = collections.namedtuple("Suite", "title quick_args full_args timeout")
 
 # In the order they run.  quick_args: what --quick adds beyond the suite's
 # own --quick, to keep the whole quick run near a minute (budget in
-# seconds, on an idle 2-core machine, in the comment).
+# seconds, on an idle 2-core machine, in the comment); a --bench there is
+# a default that the command line's --bench for that suite replaces.
 SUITES = {
     "c_compare": Suite("C level: qloop's reactor vs libuv",
                        ["--reps", "2"], [], 1800),             # ~5 s
     "py_micro": Suite("Python micro-benchmarks",
                       ["--reps", "2"], [], 3600),              # ~15 s
-    "echo": Suite("TCP echo", [], [], 1800),                   # its own
+    "echo": Suite("TCP echo", ["--bench", "1k"], [], 1800),    # ~15 s
     "udp": Suite("UDP echo", [], [], 1800),                    # its own
     "process": Suite("Subprocesses and pipes", [], [], 1800),  # its own
     "http": Suite("HTTP servers under wrk", [], [], 1800),     # ~15 s
@@ -63,7 +64,7 @@ SUITES = {
 # The loops a row is normalised to in the chart, in order of preference.
 REFERENCES = ("uvloop", "libuv")
 # Column order of the tables (the C level compares with libuv).
-COLUMNS = ("asyncio", "libuv", "uvloop", "rloop", "qloop")
+COLUMNS = ("asyncio", "libuv", "uvloop", "rloop", "qloop", "c_server")
 README_BEGIN = "<!-- bench:begin (tools/bench --update-readme rewrites this section) -->"
 README_END = "<!-- bench:end -->"
 
@@ -92,7 +93,11 @@ def suite_args(name, args, benches):
     cmd = [sys.executable, script,
            "--json", os.path.join(args.results, name + ".json")]
     s = SUITES[name]
-    cmd += (["--quick"] + s.quick_args) if args.quick else s.full_args
+    extra = list(s.quick_args) if args.quick else list(s.full_args)
+    if benches and "--bench" in extra:
+        i = extra.index("--bench")
+        del extra[i:i + 2]
+    cmd += (["--quick"] if args.quick else []) + extra
     if name == "c_compare":  # qloop's C API against libuv: no loops option
         if benches:
             cmd += ["--only", ",".join(benches)]
@@ -183,6 +188,10 @@ def normalise(name, doc):
                          "met": r["met"]})
     else:
         rows = [dict(r) for r in doc["rows"]]
+        for r in rows:  # echo's pure-C server: a column of its own
+            c = r.get("c_server")
+            if isinstance(c, dict) and "stats" in c:
+                r["loops"] = {**r["loops"], "c_server": c}
     for r in rows:
         ref = next((l for l in REFERENCES if l in r["loops"]), None)
         r["ref"] = ref
@@ -286,7 +295,8 @@ def draw_chart(summary, path):
         log("no chart: no row has a reference loop")
         return False
     colours = {"asyncio": "#9e9e9e", "libuv": "#4c72b0", "uvloop": "#4c72b0",
-               "rloop": "#dd8452", "qloop": "#55a868"}
+               "rloop": "#dd8452", "qloop": "#55a868",
+               "c_server": "#8172b2"}
     heights = [max(len(rows), 1) * 0.55 + 0.9 for _, rows in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights)),
                              gridspec_kw={"height_ratios": heights},
