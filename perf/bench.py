@@ -430,6 +430,7 @@ def main():
     if benches:
         suites = [s for s in suites if s in benches]
 
+    args.results = os.path.abspath(args.results)  # the suites run in ROOT
     os.makedirs(args.results, exist_ok=True)
     progress = Progress(len(suites))
     meta = _common.machine_meta(None)
