@@ -358,8 +358,8 @@ def draw_chart(summary, path):
     return True
 
 
-def update_readme(summary_md, chart_ok, results_dir):
-    readme = os.path.join(ROOT, "README.md")
+def update_readme(summary_md, chart_ok, results_dir, root=ROOT):
+    readme = os.path.join(root, "README.md")
     with open(readme) as f:
         text = f.read()
     if README_BEGIN not in text or README_END not in text:
@@ -367,9 +367,9 @@ def update_readme(summary_md, chart_ok, results_dir):
         return False
     body = [README_BEGIN, ""]
     if chart_ok:
-        os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
+        os.makedirs(os.path.join(root, "docs"), exist_ok=True)
         shutil.copyfile(os.path.join(results_dir, "chart.png"),
-                        os.path.join(ROOT, "docs", "bench.png"))
+                        os.path.join(root, "docs", "bench.png"))
         body += ["![qloop against uvloop, rloop and asyncio](docs/bench.png)",
                  ""]
     body += [summary_md.rstrip(), "", README_END]
