@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -129,6 +130,10 @@ def run_suite(name, cmd, progress, results_dir, timeout):
                 logf.write(line)
                 progress.line(line.rstrip("\n"))
             proc.wait()
+        except BaseException:  # Ctrl-C, SIGTERM: the suite goes too
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             timer.cancel()
         reader.join()
@@ -404,6 +409,8 @@ def main():
                     help="rewrite README.md's bench section, copy the chart "
                     "to docs/bench.png")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so that the running suite is killed too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     try:
         if args.loops:
