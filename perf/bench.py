@@ -220,12 +220,19 @@ def ratio_of(row, a, b):
 
 def summary_markdown(summary):
     meta = summary["meta"]
+    if summary.get("composed"):
+        how = ("composed by `tools/bench --report-only` from each suite's "
+               "latest results (the date of each is under its heading); "
+               f"the last run was `{summary['command']}`, "
+               f"{'quick' if summary['quick'] else 'full'}")
+    else:
+        how = (f"`{summary['command']}`, "
+               f"{'quick' if summary['quick'] else 'full'} run, "
+               f"{summary['elapsed_s']:.0f} s")
     out = [f"Measured {meta['date']} on {meta['cpu_model']} "
            f"({meta['n_cpus']} CPUs, load average {meta['loadavg']} at the "
            f"start), Linux {meta['kernel']}, {meta['implementation']} "
-           f"{meta['python']}; `{summary['command']}`, "
-           f"{'quick' if summary['quick'] else 'full'} run, "
-           f"{summary['elapsed_s']:.0f} s.", ""]
+           f"{meta['python']}; {how}.", ""]
     for name, s in summary["suites"].items():
         title = SUITES[name].title
         if s["status"] != "ok":
@@ -258,8 +265,12 @@ def summary_markdown(summary):
                          ([_common.fmt_ratio(r["ratio"])] if ref else []) +
                          [r["target"] or "", {True: "yes", False: "**no**",
                                               None: "-"}[r["met"]]])
-        out += [f"### {title} (`{name}`)", "",
-                _common.markdown_table(header, table,
+        when = s.get("measured")
+        if summary.get("composed") and when:
+            out += [f"### {title} (`{name}`, measured {when})", ""]
+        else:
+            out += [f"### {title} (`{name}`)", ""]
+        out += [_common.markdown_table(header, table,
                                        "ll" + "r" * len(cols) +
                                        ("r" if ref else "") + "lc"), ""]
         failed = [(r["label"], l, c["error"]) for r in rows
@@ -486,6 +497,9 @@ def main():
                 doc = json.load(f)
             entry["rows"] = normalise(name, doc)
             entry["meta"] = doc.get("meta")
+            entry["measured"] = (doc.get("meta") or {}).get("date") or \
+                time.strftime("%Y-%m-%d %H:%M:%S %z",
+                              time.localtime(os.path.getmtime(json_path)))
             if doc.get("unavailable"):
                 entry["unavailable"] = doc["unavailable"]
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -515,6 +529,7 @@ def main():
                 old = json.load(f)
             summary.update({k: old[k] for k in
                             ("meta", "command", "quick", "elapsed_s")})
+            summary["composed"] = True
         except (OSError, ValueError, KeyError):
             summary["elapsed_s"] = sum(
                 (s.get("meta") or {}).get("elapsed_s", 0) or 0
