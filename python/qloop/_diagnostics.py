@@ -205,7 +205,9 @@ def before_run(loop):
         loop.slow_callback_duration = slow
     if cfg.collector is not None:
         cfg.collector.track(loop)
-    loop._diag_configure(True, diag.on_slow if slow_on else None,
+    # Per-callback timing only for slow-callback reports: the watchdog
+    # needs none (it reads the reactor's heartbeat).
+    loop._diag_configure(slow_on, diag.on_slow if slow_on else None,
                          cfg.watchdog or 0.0,
                          diag.on_stall if cfg.watchdog else None)
 

@@ -5,10 +5,10 @@
  * Cost when off: nothing per callback.  The reactor counts and times
  * whole iterations (src/loop.c); here only stats() reads them.
  *
- * Per-callback timing ("timed" mode, on while slow-callback reports or the
- * watchdog are on): two clock reads around each handle, the longest kept
- * with its repr, reports through a Python callable for those at or over
- * slow_callback_duration.
+ * Per-callback timing ("timed" mode, on while slow-callback reports are
+ * on; the watchdog needs none): two reads of the CPU's counter around each
+ * handle, the longest kept with its repr, reports through a Python
+ * callable for those at or over slow_callback_duration.
  *
  * The watchdog is a plain pthread that never touches Python while the loop
  * is healthy: it sleeps until the reactor's heartbeat (ql_loop_busy_since,

@@ -362,13 +362,15 @@ START_TEST(stats_lag_noted_by_caller)
     ck_assert_uint_eq(st.lag_hist[0], 1);
     ck_assert_uint_eq(st.lag_hist[QL_LAG_BUCKETS - 1], 1);
     ck_assert_int_eq(st.lag_max_ns, INT64_MAX);
+    /* back on: the next timer's firing is counted, once */
     ql_loop_set_lag_at_fire(loop, 1);
     ck_assert_int_eq(ql_timer_start(loop, &t, ql_loop_update_time(loop)), 0);
     ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
     st = stats(loop);
-    ck_assert_uint_eq(st.lag_hist[0] + st.lag_hist[1] + st.lag_hist[2] +
-                      st.lag_hist[ql_lag_bucket(3 * QL_MS)] +
-                      st.lag_hist[QL_LAG_BUCKETS - 1], 4);
+    uint64_t total = 0;
+    for (int k = 0; k < QL_LAG_BUCKETS; k++)
+        total += st.lag_hist[k];
+    ck_assert_uint_eq(total, 4);
     ql_test_loop_free(loop);
 }
 END_TEST
