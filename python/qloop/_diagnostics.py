@@ -46,25 +46,32 @@ class StallReport:
     """
 
     __slots__ = ("start", "duration", "stack", "site", "thread_id",
-                 "gil_wait")
+                 "gil_wait", "gil_wait_cpu")
 
-    def __init__(self, start, stack, thread_id, gil_wait=0.0):
+    def __init__(self, start, stack, thread_id, gil_wait=0.0,
+                 gil_wait_cpu=None):
         self.start = start        # loop.time() when the stall began
         self.duration = None      # seconds, set when it ends
         self.stack = stack
         self.site = _user_site(stack) if stack else None
         self.thread_id = thread_id
-        # Seconds the watchdog waited for the GIL before it could look:
-        # more than a few switch intervals means C code held it, and the
-        # stack shows where the loop thread was when that call returned.
+        # Seconds the watchdog waited for the GIL before it could look, and
+        # the loop thread's CPU seconds meanwhile (None where there is no
+        # per-thread CPU clock): a blocked system call uses none, a Python
+        # loop a switch interval at most, C code holding the GIL the rest
+        # of its call (then the stack shows where that call returned).
         self.gil_wait = gil_wait
+        self.gil_wait_cpu = gil_wait_cpu
 
     @property
     def gil_held(self):
         """True when the loop thread held the GIL through the stall, so
         the stack is late (where a C call returned) or missing."""
-        return self.stack is None or \
-            self.gil_wait > max(0.05, 10 * sys.getswitchinterval())
+        if self.stack is None:
+            return True
+        held = self.gil_wait if self.gil_wait_cpu is None \
+            else self.gil_wait_cpu
+        return held > max(0.05, 10 * sys.getswitchinterval())
 
     def where(self):
         if self.site is None:
@@ -72,8 +79,10 @@ class StallReport:
                    "while blocked: C code holding the GIL)"
         where = f"{self.site.filename}:{self.site.lineno} in {self.site.name}"
         if self.gil_held:
+            held = self.gil_wait if self.gil_wait_cpu is None \
+                else self.gil_wait_cpu
             where += (f" (after a call that held the GIL for "
-                      f"{self.gil_wait:.3f} s: C code?)")
+                      f"{held:.3f} s more: C code?)")
         return where
 
     def __repr__(self):
@@ -295,7 +304,8 @@ class _LoopDiagnostics:
             _config.on_slow(report)
 
     # Called from the watchdog thread, with the GIL.
-    def on_stall(self, event, tid, start_ns, t_ns, still, gil_wait_ns):
+    def on_stall(self, event, tid, start_ns, t_ns, still, gil_wait_ns,
+                 gil_cpu_ns):
         if event == "stall":
             stack = None
             if still:
@@ -303,8 +313,9 @@ class _LoopDiagnostics:
                 if frame is not None:
                     stack = traceback.extract_stack(frame)
                 del frame
-            report = self._stall = StallReport(start_ns / 1e9, stack, tid,
-                                               gil_wait_ns / 1e9)
+            report = self._stall = StallReport(
+                start_ns / 1e9, stack, tid, gil_wait_ns / 1e9,
+                None if gil_cpu_ns < 0 else gil_cpu_ns / 1e9)
             if stack is not None:
                 logger.warning(
                     "The event loop has been blocked for %.3f seconds, at "
@@ -315,7 +326,8 @@ class _LoopDiagnostics:
         report = self._stall
         self._stall = None
         if report is None or report.start != start_ns / 1e9:
-            report = StallReport(start_ns / 1e9, None, tid, gil_wait_ns / 1e9)
+            report = StallReport(start_ns / 1e9, None, tid, gil_wait_ns / 1e9,
+                                 None if gil_cpu_ns < 0 else gil_cpu_ns / 1e9)
         report.duration = (t_ns - start_ns) / 1e9
         logger.warning("The event loop was blocked for %.3f seconds at %s",
                        report.duration, report.where())

@@ -32,31 +32,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-#include "qloop_ext.h"
-
-/* ---- a cheap clock for per-callback timing --------------------------------
- *
- * Two clock_gettime() calls (~20 ns each through the vDSO) are a tenth of
- * a cheap callback; the CPU's counter is a few cycles.  Used where it is
- * invariant (x86 with constant_tsc and nonstop_tsc, aarch64's virtual
- * counter), calibrated against ql_time_ns() once; elsewhere the clock. */
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-#define QL_HAVE_COUNTER 1
-static inline uint64_t read_counter(void) { return __rdtsc(); }
-#elif defined(__aarch64__)
-#define QL_HAVE_COUNTER 1
-static inline uint64_t read_counter(void)
-{
-    uint64_t v;
-    __asm__ volatile("mrs %0, cntvct_el0" : "=r"(v));
-    return v;
-}
-#endif
+#include "diag.h"
 
 static double ns_per_tick;  /* 0 until calibrated; then > 0 */
-static int use_counter;
+int qloop_use_counter;
 
 #ifdef QL_HAVE_COUNTER
 static int counter_invariant(void)
@@ -88,7 +69,7 @@ static void calibrate_counter(void)
     if (ns_per_tick > 0)
         return;
     ns_per_tick = 1.0;
-    use_counter = 0;
+    qloop_use_counter = 0;
 #ifdef QL_HAVE_COUNTER
     if (!counter_invariant())
         return;
@@ -96,31 +77,23 @@ static void calibrate_counter(void)
     uint64_t k0, k1;
     Py_BEGIN_ALLOW_THREADS
     n0 = ql_time_ns();
-    k0 = read_counter();
+    k0 = qloop_read_counter();
     struct timespec ts = {0, 20000000};
     while (nanosleep(&ts, &ts) != 0)
         ;
     n1 = ql_time_ns();
-    k1 = read_counter();
+    k1 = qloop_read_counter();
     Py_END_ALLOW_THREADS
     if (k1 > k0 && n1 > n0) {
         double r = (double)(n1 - n0) / (double)(k1 - k0);
         if (r > 0.01 && r < 100.0) {
             ns_per_tick = r;
-            use_counter = 1;
+            qloop_use_counter = 1;
         }
     }
 #endif
 }
 
-static inline uint64_t ticks(void)
-{
-#ifdef QL_HAVE_COUNTER
-    if (use_counter)
-        return read_counter();
-#endif
-    return (uint64_t)ql_time_ns();
-}
 
 typedef struct qloop_watchdog {
     pthread_t thread;
@@ -131,17 +104,19 @@ typedef struct qloop_watchdog {
     int64_t threshold_ns;
     PyObject *on_stall; /* borrowed from the diag, alive while running */
     unsigned long tid;
+    clockid_t loop_cpu; /* the loop thread's CPU clock */
+    int have_loop_cpu;
 } qloop_watchdog;
 
 struct qloop_diag {
+    qloop_diag_head head;  /* first: what the inlined fast path reads */
     int64_t slow_ns;       /* report callbacks at or over this; <= 0: none */
-    uint64_t slow_ticks;   /* the same in ticks(); UINT64_MAX: none */
-    uint64_t longest_ticks;
     PyObject *on_slow;     /* (handle, seconds) -> None */
     int64_t longest_ns;    /* timed mode's longest callback */
     PyObject *longest_repr;
     int64_t watchdog_ns;   /* 0: no watchdog */
-    PyObject *on_stall;    /* (event, tid, start_ns, t_ns, still, gil_wait_ns) */
+    PyObject *on_stall;    /* (event, tid, start_ns, t_ns, still, gil_wait_ns,
+                            *  loop thread's CPU ns during that wait or -1) */
     qloop_watchdog *wd;    /* while a run is in progress */
     ql_stats final;        /* the reactor's, kept when it is freed */
     char has_final;
@@ -203,26 +178,33 @@ void qloop_diag_keep_stats(LoopObject *loop)
 
 void qloop_diag_run_handle(LoopObject *loop, HandleObject *h)
 {
-    qloop_diag *d = loop->diag;
-    uint64_t k0 = ticks();
+    const qloop_diag_head *d = (const qloop_diag_head *)loop->diag;
+    uint64_t k0 = qloop_ticks();
     qloop_handle_run(loop, h);
-    uint64_t dk = ticks() - k0;
-    if (dk <= d->longest_ticks && dk < d->slow_ticks)
-        return;
+    uint64_t dk = qloop_ticks() - k0;
+    if (dk > d->longest_ticks || dk >= d->slow_ticks)
+        qloop_diag_after(loop, h, dk);
+}
+
+/* The slow path of qloop_diag_run_handle: a callback that took
+ * `dk` ticks, longer than the longest so far or than the threshold. */
+void qloop_diag_after(LoopObject *loop, HandleObject *h, uint64_t dk)
+{
+    qloop_diag *d = loop->diag;
     if (PyErr_Occurred())
         return;
     int64_t dt = (int64_t)((double)dk * ns_per_tick);
     /* As asyncio logs slow callbacks: outside the callback's context. */
     qloop_leave_context(loop);
-    if (dk > d->longest_ticks) {
-        d->longest_ticks = dk;
+    if (dk > d->head.longest_ticks) {
+        d->head.longest_ticks = dk;
         d->longest_ns = dt;
         PyObject *r = PyObject_Repr((PyObject *)h);
         if (!r)
             PyErr_WriteUnraisable((PyObject *)h);
         Py_XSETREF(d->longest_repr, r);
     }
-    if (dk >= d->slow_ticks && d->on_slow) {
+    if (dk >= d->head.slow_ticks && d->on_slow) {
         PyObject *secs = PyFloat_FromDouble((double)dt / 1e9);
         PyObject *res = secs ? PyObject_CallFunctionObjArgs(
                                    d->on_slow, (PyObject *)h, secs, NULL)
@@ -268,6 +250,15 @@ static int interpreter_finalizing(void)
 /* Tell Python; called without wd->mu.  `start` is the heartbeat that
  * began the stall.  For "stall", `t` is now and `still` says whether the
  * loop is still in that stall now that we hold the GIL. */
+/* The loop thread's CPU time, or -1. */
+static int64_t thread_cpu_ns(qloop_watchdog *wd)
+{
+    struct timespec ts;
+    if (!wd->have_loop_cpu || clock_gettime(wd->loop_cpu, &ts) != 0)
+        return -1;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static void wd_report(qloop_watchdog *wd, const char *event, int64_t start,
                       int64_t t)
 {
@@ -277,14 +268,20 @@ static void wd_report(qloop_watchdog *wd, const char *event, int64_t start,
      * call or running Python hands it over within the switch interval;
      * much longer means C code held it (the stack shows where the loop
      * thread was when it let go). */
-    int64_t asked = ql_time_ns();
+    /* Wall time depends on how busy the machine is; the loop thread's CPU
+     * time while we wait does not: a thread blocked in a system call uses
+     * none, a Python loop at most a switch interval before it lets go, C
+     * code holding the GIL all of the rest of its call. */
+    int64_t asked = ql_time_ns(), cpu0 = thread_cpu_ns(wd);
     PyGILState_STATE g = PyGILState_Ensure();
     int64_t gil_wait = ql_time_ns() - asked;
+    int64_t gil_cpu = cpu0 >= 0 ? thread_cpu_ns(wd) - cpu0 : -1;
     int still = ql_loop_busy_since(wd->ql) == start;
-    PyObject *res = PyObject_CallFunction(wd->on_stall, "skLLiL", event,
+    PyObject *res = PyObject_CallFunction(wd->on_stall, "skLLiLL", event,
                                           wd->tid, (long long)start,
                                           (long long)t, still,
-                                          (long long)gil_wait);
+                                          (long long)gil_wait,
+                                          (long long)gil_cpu);
     if (res)
         Py_DECREF(res);
     else
@@ -342,6 +339,10 @@ static int wd_start(LoopObject *loop, qloop_diag *d)
     wd->threshold_ns = d->watchdog_ns;
     wd->on_stall = d->on_stall;
     wd->tid = PyThread_get_thread_ident();
+#if defined(_POSIX_THREAD_CPUTIME) && !defined(__APPLE__)
+    wd->have_loop_cpu =
+        pthread_getcpuclockid(pthread_self(), &wd->loop_cpu) == 0;
+#endif
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
 #ifndef __APPLE__
@@ -413,9 +414,9 @@ void qloop_diag_run_end(LoopObject *loop)
 static void set_slow_ticks(qloop_diag *d)
 {
     if (d->slow_ns <= 0 || !d->on_slow || ns_per_tick <= 0)
-        d->slow_ticks = UINT64_MAX;
+        d->head.slow_ticks = UINT64_MAX;
     else
-        d->slow_ticks = (uint64_t)((double)d->slow_ns / ns_per_tick);
+        d->head.slow_ticks = (uint64_t)((double)d->slow_ns / ns_per_tick);
 }
 
 /* _diag_configure(timed, on_slow, watchdog_seconds, on_stall) */

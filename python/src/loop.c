@@ -15,6 +15,7 @@
 #include <math.h>
 
 #include "qloop_ext.h"
+#include "diag.h"
 
 /* A poll hook's way to say "a Python exception is set". */
 #define QLOOP_EPYERR (-ECANCELED)

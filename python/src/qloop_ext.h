@@ -193,7 +193,6 @@ void qloop_stream_clear(qloop_state *st);
 void qloop_stop_with(LoopObject *loop, PyObject *exc);
 
 /* diag.c: stats(), slow-callback timing, the stall watchdog */
-void qloop_diag_run_handle(LoopObject *loop, HandleObject *h);
 int qloop_diag_run_start(LoopObject *loop);
 void qloop_diag_run_end(LoopObject *loop);
 int qloop_diag_traverse(LoopObject *loop, visitproc visit, void *arg);

@@ -1,0 +1,55 @@
+/*
+ * Per-callback timing (diag.c): two reads of the CPU's counter around a
+ * handle and one comparison.
+ */
+#ifndef QLOOP_DIAG_H
+#define QLOOP_DIAG_H
+
+#include "qloop_ext.h"
+
+/* ---- a cheap clock for per-callback timing --------------------------------
+ *
+ * Two clock_gettime() calls (~20 ns each through the vDSO) are a tenth of
+ * a cheap callback; the CPU's counter is a few cycles.  Used where it is
+ * invariant (x86 with constant_tsc and nonstop_tsc, aarch64's virtual
+ * counter), calibrated against ql_time_ns() once; elsewhere the clock. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#define QL_HAVE_COUNTER 1
+static inline uint64_t qloop_read_counter(void) { return __rdtsc(); }
+#elif defined(__aarch64__)
+#define QL_HAVE_COUNTER 1
+static inline uint64_t qloop_read_counter(void)
+{
+    uint64_t v;
+    __asm__ volatile("mrs %0, cntvct_el0" : "=r"(v));
+    return v;
+}
+#endif
+
+/* Set once calibrated (diag.c); the clock otherwise. */
+extern int qloop_use_counter;
+
+static inline uint64_t qloop_ticks(void)
+{
+#ifdef QL_HAVE_COUNTER
+    if (qloop_use_counter)
+        return qloop_read_counter();
+#endif
+    return (uint64_t)ql_time_ns();
+}
+
+/* The first member of diag.c's struct qloop_diag. */
+typedef struct {
+    uint64_t slow_ticks;    /* report at or over this; UINT64_MAX: never */
+    uint64_t longest_ticks; /* the longest callback so far */
+} qloop_diag_head;
+
+void qloop_diag_after(LoopObject *loop, HandleObject *h, uint64_t dk);
+
+/* Run `h` timed (the loop's `timed` mode).  Out of line on purpose: inlined
+ * into the run loop it saves ~7 instructions a callback when on, and costs
+ * ~8 when off (register pressure in ring_run); off is what matters. */
+void qloop_diag_run_handle(LoopObject *loop, HandleObject *h);
+
+#endif
