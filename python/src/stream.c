@@ -25,10 +25,11 @@
  * again, when it runs, that reading or writing is still wanted, as a
  * cancelled handle would be skipped.
  *
- * Reading: one recv() per event into a buffer shared by every transport
- * (the GIL is held from recv until the bytes are made), copied into an
- * exactly-sized bytes; after a read that filled it, reads go straight into
- * a bytes object of asyncio's max_size (256 KiB), shrunk in place.  A
+ * Reading: one recv() per event of up to asyncio's max_size (256 KiB)
+ * into a buffer shared by every transport (the GIL is held from recv until
+ * the bytes are made), copied into an exactly-sized bytes; after a read
+ * that filled it, reads go straight into a bytes of max_size, handed over
+ * without a copy while reads keep filling it.  A
  * BufferedProtocol is read into its get_buffer() without a copy.
  *
  * Writing: with nothing queued, write() sends at once.  What is left is
@@ -50,13 +51,12 @@
 #define IOV_MAX 1024
 #endif
 #define STREAM_IOV_BATCH (IOV_MAX < 1024 ? IOV_MAX : 1024)
-#define STREAM_SMALL_READ (64 * 1024)
 #define STREAM_MAX_READ (256 * 1024) /* asyncio's max_size */
 /* asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES */
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 
 /* The buffer small reads land in before they are copied into a bytes. */
-static char read_buf[STREAM_SMALL_READ];
+static char read_buf[STREAM_MAX_READ];
 
 enum stream_name {
     S_DATA_RECEIVED,
@@ -597,6 +597,8 @@ static int read_data(StreamObject *self)
     PyObject *data = NULL;
     ssize_t n;
     if (self->big_reads) {
+        /* The last read filled the shared buffer: read straight into a
+         * bytes of max_size, which a full read hands over as it is. */
         data = PyBytes_FromStringAndSize(NULL, STREAM_MAX_READ);
         if (!data)
             return -1;
@@ -605,23 +607,33 @@ static int read_data(StreamObject *self)
                      0);
         while (n < 0 && errno == EINTR);
         int err = errno;
-        if (n <= 0) {
-            Py_CLEAR(data);
-        } else if (n < STREAM_MAX_READ) {
-            if (n < STREAM_SMALL_READ)
-                self->big_reads = 0;
-            if (_PyBytes_Resize(&data, n) < 0)
+        if (n < STREAM_MAX_READ) {
+            /* A short read: an exactly-sized copy.  Not _PyBytes_Resize:
+             * shrinking a block glibc mapped with mmap is an mremap, and
+             * the block never returns through free(), which is what raises
+             * glibc's mmap threshold (page faults on every later read). */
+            self->big_reads = 0;
+            PyObject *whole = data;
+            data = n > 0 ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(whole),
+                                                     n)
+                         : NULL;
+            Py_DECREF(whole);
+            if (n > 0 && !data)
                 return -1;
         }
         errno = err;
     } else {
-        n = recv(self->sock_fd, read_buf, STREAM_SMALL_READ, 0);
+        do
+            n = recv(self->sock_fd, read_buf, STREAM_MAX_READ, 0);
+        while (n < 0 && errno == EINTR);
         if (n > 0) {
-            if (n == STREAM_SMALL_READ)
+            int err = errno;
+            if (n == STREAM_MAX_READ)
                 self->big_reads = 1;
             data = PyBytes_FromStringAndSize(read_buf, n);
             if (!data)
                 return -1;
+            errno = err;
         }
     }
     if (n < 0) {
