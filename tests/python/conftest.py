@@ -99,6 +99,26 @@ class TimeLimitExceeded(SystemExit):
     reported and swallowed) and pytest records a failure, not an abort."""
 
 
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_probe():
+    """What the process holds, in bytes, as (function, name).  The resident
+    set normally; under AddressSanitizer the bytes its allocator has handed
+    out and not got back, because there a freed block sits in the
+    quarantine (256 MiB by default) and stays resident, so RSS grows with
+    what was freed, not with what is held."""
+    import ctypes
+    try:
+        fn = ctypes.CDLL(None).__sanitizer_get_current_allocated_bytes
+    except (OSError, AttributeError):
+        return _rss_bytes, "RSS"
+    fn.restype = ctypes.c_size_t
+    return fn, "ASan's allocated bytes"
+
+
 TEST_TIMEOUT = float(os.environ.get("QLOOP_TEST_TIMEOUT", "30"))
 
 

@@ -14,6 +14,8 @@ import warnings
 
 import pytest
 
+from conftest import memory_probe
+
 import qloop
 from qloop import _subprocess
 
@@ -380,14 +382,6 @@ def test_no_child_watcher_warnings(qloop_loop):
         assert qloop_loop.run_until_complete(main()) == 0
 
 
-def _rss_kib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def test_no_growth_over_2000_cycles(qloop_loop):
     async def cycles(n):
         for _ in range(n):
@@ -398,10 +392,11 @@ def test_no_growth_over_2000_cycles(qloop_loop):
     qloop_loop.run_until_complete(cycles(200))  # warm up
     gc.collect()
     fds = len(os.listdir("/proc/self/fd"))
-    rss = _rss_kib()
+    memory, _ = memory_probe()
+    held = memory()
     qloop_loop.run_until_complete(cycles(2000))
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= fds
     assert no_zombies()
     # 2,000 leaked transports would be several MiB; allow allocator noise.
-    assert _rss_kib() - rss < 2048
+    assert memory() - held < 2 * 1024 * 1024

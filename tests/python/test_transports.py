@@ -9,7 +9,6 @@ the test branches on the version exactly where asyncio does.
 """
 
 import asyncio
-import ctypes
 import errno
 import gc
 import logging
@@ -25,6 +24,8 @@ import tempfile
 import time
 
 import pytest
+
+from conftest import memory_probe
 
 HOST = "127.0.0.1"
 KiB = 1024
@@ -1476,30 +1477,11 @@ def _ten_k(loop, n):
     assert fd_count() == baseline
 
 
-def _rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _memory_probe():
-    """What the process holds, as (function, name).  The resident set
-    normally; under AddressSanitizer the bytes its allocator has handed out
-    and not got back, because there a freed block sits in the quarantine
-    (256 MiB by default) and stays resident, so the RSS of a 1 GiB
-    transfer grows with what was freed, not with what is held."""
-    try:
-        fn = ctypes.CDLL(None).__sanitizer_get_current_allocated_bytes
-    except (OSError, AttributeError):
-        return _rss, "RSS"
-    fn.restype = ctypes.c_size_t
-    return fn, "ASan's allocated bytes"
-
-
 @needs_proc
 def test_one_gib_bounded_buffering(loop):
     """1 GiB through one connection, a writer that honours
     pause/resume_writing: the transport's buffer stays below high-water
-    plus one chunk, and the process's memory (see _memory_probe) grows by
+    plus one chunk, and the process's memory (see conftest.memory_probe) grows by
     less than 64 MiB.
 
     QLOOP_TEST_SCALE (a float, default 1) scales the size, for a machine
@@ -1508,7 +1490,7 @@ def test_one_gib_bounded_buffering(loop):
     scale = float(os.environ.get("QLOOP_TEST_SCALE", "1"))
     chunk = pattern(256 * KiB)
     total = max(1, int(GiB * scale) // len(chunk)) * len(chunk)
-    memory, memory_name = _memory_probe()
+    memory, memory_name = memory_probe()
 
     class Writer(Proto):
         def connection_made(self, transport):
