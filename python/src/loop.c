@@ -68,12 +68,6 @@ static PyObject *fetch_exception(void)
     return value;
 }
 
-static int is_exit_exception(PyObject *exc)
-{
-    return PyErr_GivenExceptionMatches(exc, PyExc_SystemExit) ||
-           PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt);
-}
-
 /* SystemExit and KeyboardInterrupt end the run and propagate out of
  * run_forever, as asyncio's Handle._run re-raises them. */
 static void stop_with(LoopObject *loop, PyObject *exc)
@@ -99,7 +93,7 @@ void qloop_report_callback_error(LoopObject *loop, HandleObject *h,
     PyObject *exc = fetch_exception();
     if (!exc)
         return;
-    if (is_exit_exception(exc)) {
+    if (qloop_is_exit_exception(exc)) {
         stop_with(loop, exc);
         return;
     }
@@ -113,7 +107,7 @@ void qloop_report_callback_error(LoopObject *loop, HandleObject *h,
         return;
     }
     exc = fetch_exception();
-    if (exc && is_exit_exception(exc)) {
+    if (exc && qloop_is_exit_exception(exc)) {
         stop_with(loop, exc);
         return;
     }

@@ -53,6 +53,38 @@ typedef struct {
     PyObject *stream_names; /* tuple of interned names */
 } qloop_state;
 
+/* SystemExit and KeyboardInterrupt end a run instead of being reported,
+ * as asyncio's Handle._run re-raises them. */
+static inline int qloop_is_exit_exception(PyObject *exc)
+{
+    return PyErr_GivenExceptionMatches(exc, PyExc_SystemExit) ||
+           PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt);
+}
+
+/* obj.name(...) through vectorcall: no bound method, no tuple. */
+static inline PyObject *qloop_call_method0(PyObject *name, PyObject *obj)
+{
+    PyObject *argv[2] = {NULL, obj};
+    return PyObject_VectorcallMethod(
+        name, argv + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static inline PyObject *qloop_call_method1(PyObject *name, PyObject *obj,
+                                           PyObject *a)
+{
+    PyObject *argv[3] = {NULL, obj, a};
+    return PyObject_VectorcallMethod(
+        name, argv + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static inline PyObject *qloop_call_method2(PyObject *name, PyObject *obj,
+                                           PyObject *a, PyObject *b)
+{
+    PyObject *argv[4] = {NULL, obj, a, b};
+    return PyObject_VectorcallMethod(
+        name, argv + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
 typedef struct LoopObject LoopObject;
 typedef struct qloop_diag qloop_diag; /* diag.c */
 

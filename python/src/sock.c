@@ -224,28 +224,6 @@ static int is_exit(void)
            PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
 }
 
-static PyObject *call_method0(PyObject *name, PyObject *obj)
-{
-    PyObject *argv[2] = {NULL, obj};
-    return PyObject_VectorcallMethod(
-        name, argv + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-}
-
-static PyObject *call_method1(PyObject *name, PyObject *obj, PyObject *a)
-{
-    PyObject *argv[3] = {NULL, obj, a};
-    return PyObject_VectorcallMethod(
-        name, argv + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-}
-
-static PyObject *call_method2(PyObject *name, PyObject *obj, PyObject *a,
-                              PyObject *b)
-{
-    PyObject *argv[4] = {NULL, obj, a, b};
-    return PyObject_VectorcallMethod(
-        name, argv + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-}
-
 static PyObject *call_method3(PyObject *name, PyObject *obj, PyObject *a,
                               PyObject *b, PyObject *c)
 {
@@ -470,7 +448,7 @@ static int check_socket(LoopObject *loop, PyObject *sock)
         }
     }
     if (loop->debug) {
-        PyObject *timeout = call_method0(NAME(st, N_GETTIMEOUT), sock);
+        PyObject *timeout = qloop_call_method0(NAME(st, N_GETTIMEOUT), sock);
         if (!timeout)
             return -1;
         PyObject *zero = PyLong_FromLong(0);
@@ -491,7 +469,7 @@ static int check_socket(LoopObject *loop, PyObject *sock)
 /* `conn, address = sock.accept(); conn.setblocking(False)` */
 static PyObject *accept_once(qloop_state *st, PyObject *sock)
 {
-    PyObject *res = call_method0(NAME(st, N_ACCEPT), sock);
+    PyObject *res = qloop_call_method0(NAME(st, N_ACCEPT), sock);
     if (!res)
         return NULL;
     PyObject *pair[2];
@@ -499,7 +477,7 @@ static PyObject *accept_once(qloop_state *st, PyObject *sock)
     Py_DECREF(res);
     if (rc < 0)
         return NULL;
-    PyObject *r = call_method1(NAME(st, N_SETBLOCKING), pair[0], Py_False);
+    PyObject *r = qloop_call_method1(NAME(st, N_SETBLOCKING), pair[0], Py_False);
     if (!r) {
         Py_DECREF(pair[0]);
         Py_DECREF(pair[1]);
@@ -521,9 +499,9 @@ static PyObject *try_read(qloop_state *st, int op, PyObject *sock,
     case OP_ACCEPT:
         return accept_once(st, sock);
     case OP_RECVFROM_INTO:
-        return call_method2(NAME(st, N_RECVFROM_INTO), sock, arg1, arg2);
+        return qloop_call_method2(NAME(st, N_RECVFROM_INTO), sock, arg1, arg2);
     default:
-        return call_method1(NAME(st, op_info[op].call), sock, arg1);
+        return qloop_call_method1(NAME(st, op_info[op].call), sock, arg1);
     }
 }
 
@@ -574,7 +552,7 @@ static PyObject *waiter_finish(SockWaiterObject *w, PyObject *res,
     PyObject *fut = w->fut;
     w->fut = NULL;
     /* Our done callback would only remove the watch, done here. */
-    PyObject *r = call_method1(NAME(st, N_REMOVE_DONE_CALLBACK), fut,
+    PyObject *r = qloop_call_method1(NAME(st, N_REMOVE_DONE_CALLBACK), fut,
                                (PyObject *)w);
     int failed = !r;
     Py_XDECREF(r);
@@ -582,9 +560,9 @@ static PyObject *waiter_finish(SockWaiterObject *w, PyObject *res,
     if (waiter_unwatch(w) < 0 && !pending)
         pending = take_exception();
     if (res)
-        r = call_method1(NAME(st, N_SET_RESULT), fut, res);
+        r = qloop_call_method1(NAME(st, N_SET_RESULT), fut, res);
     else
-        r = call_method1(NAME(st, N_SET_EXCEPTION), fut, exc);
+        r = qloop_call_method1(NAME(st, N_SET_EXCEPTION), fut, exc);
     Py_XDECREF(res);
     Py_XDECREF(exc);
     Py_DECREF(fut);
@@ -616,7 +594,7 @@ static PyObject *waiter_send_more(SockWaiterObject *w)
                             : Py_NewRef(w->arg1);
     if (!view)
         return NULL;
-    PyObject *res = call_method1(NAME(st, N_SEND), w->sock, view);
+    PyObject *res = qloop_call_method1(NAME(st, N_SEND), w->sock, view);
     Py_DECREF(view);
     if (!res)
         return NULL;
@@ -636,7 +614,7 @@ static PyObject *waiter_connect_result(SockWaiterObject *w)
     qloop_state *st = w->loop->st;
     PyObject *level = PyLong_FromLong(SOL_SOCKET);
     PyObject *opt = PyLong_FromLong(SO_ERROR);
-    PyObject *err = level && opt ? call_method2(NAME(st, N_GETSOCKOPT),
+    PyObject *err = level && opt ? qloop_call_method2(NAME(st, N_GETSOCKOPT),
                                                 w->sock, level, opt)
                                  : NULL;
     Py_XDECREF(level);
@@ -672,7 +650,7 @@ static PyObject *waiter_ready(SockWaiterObject *w)
     if (!w->fut)
         Py_RETURN_NONE;
     /* Cancellation can be scheduled on a previous iteration. */
-    PyObject *done = call_method0(NAME(st, N_DONE), w->fut);
+    PyObject *done = qloop_call_method0(NAME(st, N_DONE), w->fut);
     if (!done)
         return NULL;
     int is_done = PyObject_IsTrue(done);
@@ -827,7 +805,7 @@ static PySendResult coro_wait(SockCoroutineObject *c, PyObject *arg1,
     PyObject *fut = create_future(loop);
     if (!fut)
         return PYGEN_ERROR;
-    fdobj = call_method0(NAME(st, N_FILENO), sock);
+    fdobj = qloop_call_method0(NAME(st, N_FILENO), sock);
     if (!fdobj || ensure_fd_no_transport(loop, fdobj) < 0)
         goto fail;
     int fd = fd_from_fileno(fdobj);
@@ -846,7 +824,7 @@ static PySendResult coro_wait(SockCoroutineObject *c, PyObject *arg1,
     w->handle = qloop_add_watch(loop, fd, w->writing, (PyObject *)w, NULL, 0);
     if (!w->handle)
         goto fail;
-    r = call_method1(NAME(st, N_ADD_DONE_CALLBACK), fut, (PyObject *)w);
+    r = qloop_call_method1(NAME(st, N_ADD_DONE_CALLBACK), fut, (PyObject *)w);
     if (!r) {
         PyObject *exc = take_exception();
         if (waiter_unwatch(w) < 0)
@@ -876,7 +854,7 @@ static PySendResult coro_connect(SockCoroutineObject *c, PyObject *address,
                                  PyObject **result)
 {
     qloop_state *st = c->loop->st;
-    PyObject *r = call_method1(NAME(st, N_CONNECT), c->args[0], address);
+    PyObject *r = qloop_call_method1(NAME(st, N_CONNECT), c->args[0], address);
     if (r) {
         Py_DECREF(r);
         *result = Py_NewRef(Py_None);
@@ -986,7 +964,7 @@ static PySendResult coro_start(SockCoroutineObject *c, PyObject **result)
     }
     case OP_SENDALL: {
         Py_ssize_t n = 0;
-        res = call_method1(NAME(st, N_SEND), sock, c->args[1]);
+        res = qloop_call_method1(NAME(st, N_SEND), sock, c->args[1]);
         if (res) {
             n = PyLong_AsSsize_t(res);
             Py_DECREF(res);
@@ -1012,7 +990,7 @@ static PySendResult coro_start(SockCoroutineObject *c, PyObject **result)
         return r;
     }
     case OP_SENDTO:
-        res = call_method2(NAME(st, N_SENDTO), sock, c->args[1], c->args[2]);
+        res = qloop_call_method2(NAME(st, N_SENDTO), sock, c->args[1], c->args[2]);
         if (!res && would_block()) {
             PyErr_Clear();
             return coro_wait(c, c->args[1], c->args[2], 0, result);
@@ -1255,7 +1233,7 @@ static PyObject *coro_close(PyObject *self, PyObject *Py_UNUSED(ignored))
     c->inner = NULL;
     c->state = CORO_DONE;
     if (inner) {
-        PyObject *r = call_method0(NAME(c->loop->st, N_CLOSE), inner);
+        PyObject *r = qloop_call_method0(NAME(c->loop->st, N_CLOSE), inner);
         Py_DECREF(inner);
         if (!r) {
             if (!PyErr_ExceptionMatches(PyExc_AttributeError))

@@ -158,34 +158,6 @@ static void restore_exc(PyObject *exc)
 #endif
 }
 
-static int is_exit_exc(PyObject *exc)
-{
-    return PyErr_GivenExceptionMatches(exc, PyExc_SystemExit) ||
-           PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt);
-}
-
-static PyObject *meth0(PyObject *name, PyObject *obj)
-{
-    PyObject *argv[2] = {NULL, obj};
-    return PyObject_VectorcallMethod(
-        name, argv + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-}
-
-static PyObject *meth1(PyObject *name, PyObject *obj, PyObject *a)
-{
-    PyObject *argv[3] = {NULL, obj, a};
-    return PyObject_VectorcallMethod(
-        name, argv + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-}
-
-static PyObject *meth2(PyObject *name, PyObject *obj, PyObject *a,
-                       PyObject *b)
-{
-    PyObject *argv[4] = {NULL, obj, a, b};
-    return PyObject_VectorcallMethod(
-        name, argv + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-}
-
 /* Call and drop the result: 0, or -1 with the exception set. */
 static int drop(PyObject *res)
 {
@@ -422,7 +394,7 @@ static int fatal_error(StreamObject *self, PyObject *exc, const char *message)
         Py_DECREF(exc);
         return -1;
     }
-    int rc = drop(meth2(SNAME(st, S_FATAL_ERROR), (PyObject *)self, exc, msg));
+    int rc = drop(qloop_call_method2(SNAME(st, S_FATAL_ERROR), (PyObject *)self, exc, msg));
     Py_DECREF(msg);
     Py_DECREF(exc);
     return rc;
@@ -442,7 +414,7 @@ static int protocol_failed(StreamObject *self, const char *message)
     PyObject *exc = take_exc();
     if (!exc)
         return 0;
-    if (is_exit_exc(exc)) {
+    if (qloop_is_exit_exception(exc)) {
         restore_exc(exc);
         return -1;
     }
@@ -455,7 +427,7 @@ static int log_debug(StreamObject *self, const char *fmt)
     PyObject *msg = st ? PyUnicode_FromString(fmt) : NULL;
     if (!msg)
         return -1;
-    int rc = drop(meth1(SNAME(st, S_LOG_DEBUG), (PyObject *)self, msg));
+    int rc = drop(qloop_call_method1(SNAME(st, S_LOG_DEBUG), (PyObject *)self, msg));
     Py_DECREF(msg);
     return rc;
 }
@@ -467,20 +439,20 @@ static int flow_call(StreamObject *self, int name, const char *message)
     if (!st)
         return -1;
     PyObject *proto = Py_XNewRef(self->protocol);
-    PyObject *res = proto ? meth0(SNAME(st, name), proto)
-                          : meth0(SNAME(st, name), Py_None);
+    PyObject *res = proto ? qloop_call_method0(SNAME(st, name), proto)
+                          : qloop_call_method0(SNAME(st, name), Py_None);
     Py_XDECREF(proto);
     if (res) {
         Py_DECREF(res);
         return 0;
     }
     PyObject *exc = take_exc();
-    if (is_exit_exc(exc)) {
+    if (qloop_is_exit_exception(exc)) {
         restore_exc(exc);
         return -1;
     }
     PyObject *msg = PyUnicode_FromString(message);
-    int rc = msg ? drop(meth2(SNAME(st, S_FLOW_CONTROL_ERROR),
+    int rc = msg ? drop(qloop_call_method2(SNAME(st, S_FLOW_CONTROL_ERROR),
                               (PyObject *)self, msg, exc))
                  : -1;
     Py_XDECREF(msg);
@@ -520,7 +492,7 @@ static int schedule_connection_lost(StreamObject *self, PyObject *exc)
                                     SNAME(st, S_CALL_CONNECTION_LOST));
     if (!cb)
         return -1;
-    int rc = drop(meth2(SNAME(st, S_CALL_SOON), (PyObject *)self->loop, cb,
+    int rc = drop(qloop_call_method2(SNAME(st, S_CALL_SOON), (PyObject *)self->loop, cb,
                         exc ? exc : Py_None));
     Py_DECREF(cb);
     return rc;
@@ -573,7 +545,7 @@ static int on_eof(StreamObject *self)
         log_debug(self, "%r received EOF") < 0)
         return -1;
     PyObject *proto = Py_NewRef(self->protocol ? self->protocol : Py_None);
-    PyObject *res = meth0(SNAME(st, S_EOF_RECEIVED), proto);
+    PyObject *res = qloop_call_method0(SNAME(st, S_EOF_RECEIVED), proto);
     Py_DECREF(proto);
     if (!res)
         return protocol_failed(self,
@@ -644,7 +616,7 @@ static int read_data(StreamObject *self)
     if (n == 0)
         return on_eof(self);
     PyObject *proto = Py_NewRef(self->protocol ? self->protocol : Py_None);
-    PyObject *res = meth1(SNAME(st, S_DATA_RECEIVED), proto, data);
+    PyObject *res = qloop_call_method1(SNAME(st, S_DATA_RECEIVED), proto, data);
     Py_DECREF(proto);
     Py_DECREF(data);
     if (!res)
@@ -663,7 +635,7 @@ static int read_buffered(StreamObject *self)
         "Fatal error: protocol.get_buffer() call failed.";
     PyObject *proto = Py_NewRef(self->protocol ? self->protocol : Py_None);
     PyObject *minus_one = PyLong_FromLong(-1);
-    PyObject *buf = minus_one ? meth1(SNAME(st, S_GET_BUFFER), proto, minus_one)
+    PyObject *buf = minus_one ? qloop_call_method1(SNAME(st, S_GET_BUFFER), proto, minus_one)
                               : NULL;
     Py_XDECREF(minus_one);
     if (!buf) {
@@ -704,7 +676,7 @@ static int read_buffered(StreamObject *self)
         return on_eof(self);
     }
     PyObject *nb = PyLong_FromSsize_t(n);
-    PyObject *res = nb ? meth1(SNAME(st, S_BUFFER_UPDATED), proto, nb) : NULL;
+    PyObject *res = nb ? qloop_call_method1(SNAME(st, S_BUFFER_UPDATED), proto, nb) : NULL;
     Py_XDECREF(nb);
     Py_DECREF(proto);
     if (!res)
@@ -729,7 +701,7 @@ static int set_future(StreamObject *self, int name, PyObject *arg)
     if (!st)
         return -1;
     PyObject *w = Py_NewRef(self->empty_waiter);
-    int rc = drop(meth1(SNAME(st, name), w, arg));
+    int rc = drop(qloop_call_method1(SNAME(st, name), w, arg));
     Py_DECREF(w);
     return rc;
 }
@@ -787,12 +759,12 @@ static int write_ready(StreamObject *self)
     if (has_empty_waiter(self) && set_future(self, S_SET_RESULT, Py_None) < 0)
         return -1;
     if (self->closing)
-        return drop(meth1(SNAME(st, S_CALL_CONNECTION_LOST), (PyObject *)self,
+        return drop(qloop_call_method1(SNAME(st, S_CALL_CONNECTION_LOST), (PyObject *)self,
                           Py_None));
     if (self->eof && self->sock) {
         PyObject *how = PyLong_FromLong(SHUT_WR);
         PyObject *sock = Py_NewRef(self->sock);
-        int rc = how ? drop(meth1(SNAME(st, S_SHUTDOWN), sock, how)) : -1;
+        int rc = how ? drop(qloop_call_method1(SNAME(st, S_SHUTDOWN), sock, how)) : -1;
         Py_XDECREF(how);
         Py_DECREF(sock);
         return rc;
@@ -822,7 +794,7 @@ static PyObject *write_after_lost(StreamObject *self)
 {
     if (self->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
         qloop_state *st = stream_state(self);
-        if (!st || drop(meth0(SNAME(st, S_WARN_CONN_LOST),
+        if (!st || drop(qloop_call_method0(SNAME(st, S_WARN_CONN_LOST),
                               (PyObject *)self)) < 0)
             return NULL;
     }
@@ -1026,20 +998,20 @@ static void ring_error(StreamObject *self, LoopObject *loop)
     PyObject *exc = take_exc();
     if (!exc)
         return;
-    if (is_exit_exc(exc)) {
+    if (qloop_is_exit_exception(exc)) {
         qloop_stop_with(loop, exc);
         return;
     }
     qloop_leave_context(loop);
     qloop_state *st = loop->st;
-    PyObject *res = meth1(SNAME(st, S_CALLBACK_ERROR), (PyObject *)self, exc);
+    PyObject *res = qloop_call_method1(SNAME(st, S_CALLBACK_ERROR), (PyObject *)self, exc);
     Py_DECREF(exc);
     if (res) {
         Py_DECREF(res);
         return;
     }
     exc = take_exc();
-    if (exc && is_exit_exc(exc)) {
+    if (exc && qloop_is_exit_exception(exc)) {
         qloop_stop_with(loop, exc);
         return;
     }
@@ -1209,7 +1181,7 @@ static PyObject *stream_write_eof(StreamObject *self, PyObject *Py_UNUSED(x))
         return NULL;
     PyObject *sock = Py_NewRef(self->sock ? self->sock : Py_None);
     PyObject *how = PyLong_FromLong(SHUT_WR);
-    PyObject *res = how ? meth1(SNAME(st, S_SHUTDOWN), sock, how) : NULL;
+    PyObject *res = how ? qloop_call_method1(SNAME(st, S_SHUTDOWN), sock, how) : NULL;
     Py_XDECREF(how);
     Py_DECREF(sock);
     return none_or_null(drop(res));
