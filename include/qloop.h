@@ -167,6 +167,18 @@ int ql_loop_fork(ql_loop *loop);
 size_t ql_loop_timer_count(const ql_loop *loop);
 size_t ql_loop_io_count(const ql_loop *loop);
 
+/* QL_DIAG: 1 (the default) builds the diagnostics below, the lag
+ * histogram, callback time and the heartbeat; meson -Ddiagnostics=false
+ * defines it 0 for a build without them (to measure what they cost).
+ * The API stays: there the lag fields and callback_ns/longest_single_ns
+ * stay 0, ql_loop_note_timer_lag() does nothing and the heartbeat reads 0
+ * ("never busy"), so a watchdog on it never fires.  The plain counts
+ * (iterations, callbacks_run, io_events, timers_fired, poll_ns) are kept
+ * in both builds. */
+#ifndef QL_DIAG
+#define QL_DIAG 1
+#endif
+
 /* Timer lag histogram: bucket 0 counts lags under 1 us, bucket k (k >= 1)
  * lags in [2^(k-1), 2^k) us, the last bucket everything above. */
 #define QL_LAG_BUCKETS 32

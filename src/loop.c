@@ -309,7 +309,7 @@ static void run_timers(ql_loop *loop)
             break;
         ql_timer *timer = top->timer;
         /* Lag against the clock read after this iteration's poll. */
-        if (!loop->lag_by_caller)
+        if (QL_DIAG && !loop->lag_by_caller)
             ql_loop_note_timer_lag(loop, top->deadline, now);
         ql__heap_remove(&loop->timers, timer);
         loop->stats.timers_fired++;
@@ -423,6 +423,22 @@ void ql__io_dispatch(ql_loop *loop, int fd, uint32_t gen, unsigned events)
 
 /* ---- running ------------------------------------------------------------- */
 
+/* The heartbeat (ql_loop_busy_since): plain atomic stores by the loop
+ * thread; with QL_DIAG 0 nothing, and it reads 0 for ever. */
+static inline void heartbeat_idle(ql_loop *loop, int64_t t)
+{
+    if (!QL_DIAG)
+        return;
+    atomic_store_explicit(&loop->idle_since, t, memory_order_relaxed);
+    atomic_store_explicit(&loop->busy_since, 0, memory_order_release);
+}
+
+static inline void heartbeat_busy(ql_loop *loop, int64_t t)
+{
+    if (QL_DIAG)
+        atomic_store_explicit(&loop->busy_since, t, memory_order_release);
+}
+
 static int iterate(ql_loop *loop, ql_run_mode mode)
 {
     /* The clock is read once per iteration, after the poll; before it only
@@ -445,8 +461,7 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
         timeout = 0;
     } else {
         t0 = loop->now = ql_time_ns();
-        atomic_store_explicit(&loop->idle_since, t0, memory_order_relaxed);
-        atomic_store_explicit(&loop->busy_since, 0, memory_order_release);
+        heartbeat_idle(loop, t0);
         if (loop->timers.count) {
             timeout = loop->timers.slots[QL_HEAP0].deadline - t0;
             if (timeout < 0)
@@ -464,7 +479,7 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
                       ? loop->poll_leave(loop, loop->poll_hook_data)
                       : 0;
     loop->now = ql_time_ns();
-    atomic_store_explicit(&loop->busy_since, loop->now, memory_order_release);
+    heartbeat_busy(loop, loop->now);
     if (timeout != 0)
         loop->stats.poll_ns += loop->now - t0;
     loop->stats.iterations++;
@@ -502,7 +517,7 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
     if (!loop->broken)
         ran = run_ready(loop);
     /* Callback time: one clock read per iteration that ran anything. */
-    if (ran || n > 0 || fired != loop->stats.timers_fired) {
+    if (QL_DIAG && (ran || n > 0 || fired != loop->stats.timers_fired)) {
         int64_t dt = ql_time_ns() - loop->now;
         loop->stats.callback_ns += dt;
         if (ran == 1 && dt > loop->stats.longest_single_ns)
@@ -524,9 +539,8 @@ int ql_loop_run(ql_loop *loop, ql_run_mode mode)
     loop->stop_requested = 0;
     loop->broken = 0;
     loop->running = 0;
-    atomic_store_explicit(&loop->idle_since, ql_time_ns(),
-                          memory_order_relaxed);
-    atomic_store_explicit(&loop->busy_since, 0, memory_order_release);
+    if (QL_DIAG)
+        heartbeat_idle(loop, ql_time_ns());
     return rc;
 }
 
@@ -563,6 +577,8 @@ void ql_loop_note_timer_lag(ql_loop *loop, int64_t deadline, int64_t now)
     /* Unsigned: a deadline of INT64_MIN (asyncio's "at once") must not
      * overflow; early calls (now < deadline) count as no lag. */
     int64_t lag = 0;
+    if (!QL_DIAG)
+        return;
     if (now > deadline) {
         uint64_t d = (uint64_t)now - (uint64_t)deadline;
         lag = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;

@@ -13,14 +13,15 @@ from asyncio import coroutines as _coroutines
 from asyncio import events as _events
 from asyncio import unix_events as _unix_events
 
-from ._diagnostics import SlowCallbackReport, StallReport, diagnostics
+from ._diagnostics import (HAS_DIAGNOSTICS, SlowCallbackReport, StallReport,
+                           diagnostics)
 from ._loop import Loop, new_event_loop
 from ._qloop import backend_name
 
 __version__ = "0.1.0"
 __all__ = ("Loop", "new_event_loop", "run", "EventLoopPolicy", "install",
            "backend_name", "__version__", "diagnostics", "StallReport",
-           "SlowCallbackReport")
+           "SlowCallbackReport", "HAS_DIAGNOSTICS")
 
 _POLICIES_DEPRECATED = _sys.version_info >= (3, 14)
 

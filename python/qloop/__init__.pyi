@@ -22,8 +22,10 @@ class LoopStats(TypedDict):
     io_events: int
     timers_fired: int
     poll_ns: int            # time blocked in polls
-    callback_ns: int        # time from each poll's return to its iteration's end
-    longest_callback_ns: int
+    # callback_ns, longest_callback_ns, longest_callback and loop_lag are
+    # None in a build without diagnostics (HAS_DIAGNOSTICS False).
+    callback_ns: int | None # time from each poll's return to its iteration's end
+    longest_callback_ns: int | None
     # repr of the longest callback when per-callback timing is on
     # (qloop.diagnostics); else None, and longest_callback_ns is the
     # longest iteration that ran a single callback.
@@ -31,7 +33,7 @@ class LoopStats(TypedDict):
     ready: int
     timers: int
     watchers: int
-    loop_lag: LoopLag
+    loop_lag: LoopLag | None
 
 class Loop(asyncio.AbstractEventLoop):
     slow_callback_duration: float
@@ -69,6 +71,9 @@ def diagnostics(
     on_stall: Callable[[StallReport], object] | None = ...,
     on_slow: Callable[[SlowCallbackReport], object] | None = ...,
 ) -> _Diagnostics: ...
+
+# False in a build with the diagnostics compiled out (-Ddiagnostics=false).
+HAS_DIAGNOSTICS: bool
 
 def new_event_loop() -> Loop: ...
 def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = ...) -> _T: ...

@@ -5,6 +5,11 @@ Off by default, and then free: nothing is timed per callback and no thread
 runs.  qloop.diagnostics(...) or the environment (QLOOP_SLOW_CALLBACK_MS,
 QLOOP_WATCHDOG_MS) turns them on for every qloop loop, from its next
 run_forever() (run_until_complete and asyncio.run go through it).
+
+A build without diagnostics (meson -Ddiagnostics=false; HAS_DIAGNOSTICS
+False) refuses to turn them on: diagnostics() raises RuntimeError, the
+environment variables are ignored with a warning, and loop.stats() gives
+None for what it does not measure (callback time, longest callback, lag).
 """
 
 import logging
@@ -13,9 +18,18 @@ import sys
 import sysconfig
 import traceback
 
+from . import _qloop
+
 logger = logging.getLogger("qloop")
 
-__all__ = ("diagnostics", "SlowCallbackReport", "StallReport")
+__all__ = ("diagnostics", "SlowCallbackReport", "StallReport",
+           "HAS_DIAGNOSTICS")
+
+# False in a build with the diagnostics compiled out (to measure their cost).
+HAS_DIAGNOSTICS = bool(_qloop.HAS_DIAGNOSTICS)
+_NO_DIAGNOSTICS = ("qloop was built without diagnostics (meson "
+                   "-Ddiagnostics=false): no slow-callback reports outside "
+                   "debug mode, no stall watchdog")
 
 
 class SlowCallbackReport:
@@ -134,8 +148,14 @@ def diagnostics(*, slow_callback=_KEEP, watchdog=_KEEP, on_stall=_KEEP,
     on_stall, on_slow: callables given each StallReport (when the stall
         ends) or SlowCallbackReport, besides the `qloop` logger.
 
-    Settings apply to each loop from its next run_forever().
+    Settings apply to each loop from its next run_forever().  A build
+    without diagnostics (HAS_DIAGNOSTICS False) raises RuntimeError for
+    anything that would turn them on.
     """
+    if not HAS_DIAGNOSTICS and (
+            slow_callback not in (_KEEP, None) and slow_callback is not False
+            or watchdog is not _KEEP and watchdog):
+        raise RuntimeError(_NO_DIAGNOSTICS)
     if slow_callback is not _KEEP:
         if slow_callback is None or slow_callback is False:
             _config.slow_callback = None
@@ -164,6 +184,11 @@ def diagnostics(*, slow_callback=_KEEP, watchdog=_KEEP, on_stall=_KEEP,
 
 
 def _from_environment():
+    if not HAS_DIAGNOSTICS:
+        for name in ("QLOOP_SLOW_CALLBACK_MS", "QLOOP_WATCHDOG_MS"):
+            if os.environ.get(name):
+                logger.warning("ignoring %s: %s", name, _NO_DIAGNOSTICS)
+        return
     slow = _env_ms("QLOOP_SLOW_CALLBACK_MS")
     if slow is not None:
         _config.slow_callback = slow

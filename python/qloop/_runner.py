@@ -253,6 +253,10 @@ def main(argv=None):
               "matplotlib, which is not installed (pip install matplotlib)",
               file=sys.stderr)
         return 2
+    if not _diagnostics.HAS_DIAGNOSTICS:
+        print(f"python -m qloop run: {_diagnostics._NO_DIAGNOSTICS}",
+              file=sys.stderr)
+        return 2
     if not os.path.exists(ns.script):
         print(f"python -m qloop run: {ns.script}: no such file",
               file=sys.stderr)

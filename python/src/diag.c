@@ -26,6 +26,12 @@
  * It then waits for the heartbeat to move and reports the stall's total
  * duration from the reactor's own timestamps (the poll return that began
  * it, the next poll or the run's end), so the sampling adds no error.
+ *
+ * A build with QL_DIAG 0 (meson -Ddiagnostics=false, to measure what all
+ * this costs) has none of it on the hot paths: the reactor keeps no lag,
+ * callback time or heartbeat, loop.c never times a callback.  Here
+ * _diag_configure() then refuses to turn anything on (RuntimeError, see
+ * NO_DIAG), and stats() gives None for what is not measured.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -35,6 +41,10 @@
 #include <unistd.h>
 
 #include "diag.h"
+
+#define NO_DIAG                                                             \
+    "qloop was built without diagnostics (meson -Ddiagnostics=false): "     \
+    "no slow-callback reports outside debug mode, no stall watchdog"
 
 static double ns_per_tick;  /* 0 until calibrated; then > 0 */
 int qloop_use_counter;
@@ -393,7 +403,7 @@ static void wd_stop(qloop_diag *d)
 int qloop_diag_run_start(LoopObject *loop)
 {
     qloop_diag *d = loop->diag;
-    if (!d || d->watchdog_ns <= 0 || !d->on_stall || d->wd)
+    if (!QL_DIAG || !d || d->watchdog_ns <= 0 || !d->on_stall || d->wd)
         return 0;
     return wd_start(loop, d);
 }
@@ -434,6 +444,10 @@ PyObject *qloop_loop__diag_configure(LoopObject *self, PyObject *const *args,
     double wds = PyFloat_AsDouble(args[2]);
     if (wds == -1.0 && PyErr_Occurred())
         return NULL;
+    if (!QL_DIAG && (timed || wds > 0)) {
+        PyErr_SetString(PyExc_RuntimeError, NO_DIAG);
+        return NULL;
+    }
     qloop_diag *d = diag_get(self);
     if (!d)
         return NULL;
@@ -533,7 +547,7 @@ PyObject *qloop_loop_stats(LoopObject *self, PyObject *Py_UNUSED(ignored))
         (long long)lag_percentile(&s, total, 0.99));
     if (!lag)
         return NULL;
-    return Py_BuildValue(
+    PyObject *res = Py_BuildValue(
         "{s:K,s:K,s:K,s:K,s:L,s:L,s:L,s:O,s:n,s:n,s:n,s:N}", "iterations",
         (unsigned long long)s.iterations, "callbacks_run",
         (unsigned long long)s.callbacks_run, "io_events",
@@ -543,4 +557,11 @@ PyObject *qloop_loop_stats(LoopObject *self, PyObject *Py_UNUSED(ignored))
         (long long)longest, "longest_callback", longest_repr, "ready",
         (Py_ssize_t)ready, "timers", (Py_ssize_t)timers, "watchers",
         (Py_ssize_t)ios, "loop_lag", lag);
+    /* Built without diagnostics: not measured, rather than zero. */
+    static const char *const not_measured[] = {
+        "callback_ns", "longest_callback_ns", "longest_callback", "loop_lag"};
+    for (size_t i = 0; !QL_DIAG && res && i < 4 /* not_measured */; i++)
+        if (PyDict_SetItemString(res, not_measured[i], Py_None) < 0)
+            Py_CLEAR(res);
+    return res;
 }

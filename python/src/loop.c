@@ -156,7 +156,7 @@ static inline void run_handle(LoopObject *loop, HandleObject *h)
         return;
     if (loop->debug)
         run_handle_debug(loop, h);
-    else if (loop->timed)
+    else if (QL_DIAG && loop->timed)
         qloop_diag_run_handle(loop, h);
     else
         qloop_handle_run(loop, h);
@@ -176,7 +176,7 @@ static void ring_run(ql_loop *ql, void *arg)
 static void timer_ring_run(ql_loop *ql, void *arg)
 {
     TimerHandleObject *t = arg;
-    if (!t->base.cancelled)
+    if (QL_DIAG && !t->base.cancelled)
         ql_loop_note_timer_lag(ql, t->timer.deadline, ql_time_ns());
     ring_run(ql, arg);
 }

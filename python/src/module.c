@@ -77,7 +77,8 @@ static int module_exec(PyObject *module)
         qloop_sock_exec(module, st) < 0 ||
         qloop_datagram_exec(module) < 0 ||
         qloop_gc_hook_install() < 0 ||
-        qloop_stream_exec(module, st) < 0)
+        qloop_stream_exec(module, st) < 0 ||
+        PyModule_AddIntConstant(module, "HAS_DIAGNOSTICS", QL_DIAG) < 0)
         return -1;
     st->str_check_thread = PyUnicode_InternFromString("_check_thread");
     st->str_current_handle = PyUnicode_InternFromString("_current_handle");

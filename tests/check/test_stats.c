@@ -375,6 +375,39 @@ START_TEST(stats_lag_noted_by_caller)
 }
 END_TEST
 
+START_TEST(stats_diagnostics_compiled_out)
+{
+    /* QL_DIAG 0: timers, blocking callbacks, polls and explicit notes
+     * leave no lag, no callback time and no heartbeat; the counts stay. */
+    ql_loop *loop = ql_test_loop_new();
+    ql_timer t;
+    ql_timer_init(&t, nop_timer_cb, NULL);
+    int64_t now = ql_loop_update_time(loop);
+    ck_assert_int_eq(ql_timer_start(loop, &t, now - 3 * QL_MS), 0);
+    int64_t d10 = 10 * QL_MS;
+    ck_assert_int_eq(ql_call_soon(loop, busy_cb, &d10), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    ck_assert_int_eq(seen_busy_since, 0);
+    ck_assert_int_eq(ql_timer_start(loop, &t, ql_loop_update_time(loop) +
+                                                  5 * QL_MS), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_ONCE), 0); /* blocks */
+    ql_loop_note_timer_lag(loop, now, now + 3 * QL_MS);
+    ql_stats st = stats(loop);
+    ck_assert_uint_eq(st.iterations, 2);
+    ck_assert_uint_eq(st.timers_fired, 2);
+    ck_assert_uint_eq(st.callbacks_run, 1);
+    ck_assert_int_gt(st.poll_ns, 0);
+    ck_assert_int_eq(st.callback_ns, 0);
+    ck_assert_int_eq(st.longest_single_ns, 0);
+    ck_assert_int_eq(st.lag_max_ns, 0);
+    for (int k = 0; k < QL_LAG_BUCKETS; k++)
+        ck_assert_uint_eq(st.lag_hist[k], 0);
+    ck_assert_int_eq(ql_loop_busy_since(loop), 0);
+    ck_assert_int_eq(ql_loop_idle_since(loop), 0);
+    ql_test_loop_free(loop);
+}
+END_TEST
+
 Suite *stats_suite(void)
 {
     Suite *s = suite_create("stats");
@@ -384,10 +417,14 @@ Suite *stats_suite(void)
     tcase_add_test(tc, stats_count_what_happened);
     tcase_add_test(tc, stats_poll_time);
     tcase_add_test(tc, stats_lag_bucket_edges);
-    tcase_add_test(tc, stats_timer_lag);
-    tcase_add_test(tc, stats_callback_time);
-    tcase_add_test(tc, stats_heartbeat);
-    tcase_add_test(tc, stats_lag_noted_by_caller);
+    if (QL_DIAG) { /* meson -Ddiagnostics=false compiles them out */
+        tcase_add_test(tc, stats_timer_lag);
+        tcase_add_test(tc, stats_callback_time);
+        tcase_add_test(tc, stats_heartbeat);
+        tcase_add_test(tc, stats_lag_noted_by_caller);
+    } else {
+        tcase_add_test(tc, stats_diagnostics_compiled_out);
+    }
     suite_add_tcase(s, tc);
     return s;
 }

@@ -23,6 +23,16 @@ LOOP_FACTORIES = {
     "qloop": qloop.new_event_loop,
 }
 
+# For tests of what a build without diagnostics (meson -Ddiagnostics=false,
+# tools/test's build/nodiag) compiles out: lag, callback time, per-callback
+# timing, the watchdog.
+needs_diagnostics = pytest.mark.skipif(
+    not qloop.HAS_DIAGNOSTICS,
+    reason="qloop built without diagnostics (-Ddiagnostics=false)")
+without_diagnostics = pytest.mark.skipif(
+    qloop.HAS_DIAGNOSTICS,
+    reason="checks the build without diagnostics (-Ddiagnostics=false)")
+
 
 def pytest_configure(config):
     config.addinivalue_line(

@@ -25,7 +25,9 @@ import pytest
 import qloop
 from qloop import _diagnostics
 
-from conftest import run_python
+from conftest import needs_diagnostics, run_python
+
+pytestmark = needs_diagnostics  # test_nodiag.py: the build without them
 
 HERE = os.path.abspath(__file__)
 WATCHDOG = 0.1

@@ -8,6 +8,8 @@ import pytest
 
 import qloop
 
+from conftest import needs_diagnostics
+
 KEYS = {"iterations", "callbacks_run", "io_events", "timers_fired",
         "poll_ns", "callback_ns", "longest_callback_ns", "longest_callback",
         "ready", "timers", "watchers", "loop_lag"}
@@ -20,6 +22,7 @@ def bucket(lag_ns):
     return 0 if us == 0 else min(us.bit_length(), 31)
 
 
+@needs_diagnostics
 def test_stats_always_there(qloop_loop):
     st = qloop_loop.stats()
     assert set(st) == KEYS
@@ -46,6 +49,7 @@ def test_counts(qloop_loop):
     h.cancel()
 
 
+@needs_diagnostics
 def test_timer_lag_of_a_blocked_loop(qloop_loop):
     """A timer due in 10 ms behind a callback that blocks for 200 ms: its
     lag is at least what the block left it, and no more than what its
@@ -77,6 +81,7 @@ def test_timer_lag_of_a_blocked_loop(qloop_loop):
     assert st["callback_ns"] >= 0.2e9
 
 
+@needs_diagnostics
 def test_lag_counts_the_wait_behind_a_blocking_callback(qloop_loop):
     """A timer that is due when the iteration begins but queued behind a
     callback that blocks for 100 ms ran 100 ms late: lag is taken when the
@@ -105,6 +110,7 @@ def test_lag_counts_the_wait_behind_a_blocking_callback(qloop_loop):
     assert lag["max_ns"] <= (marks["ran"] - marks["h"].when()) * 1e9 + 1
 
 
+@needs_diagnostics
 def test_lag_agrees_with_a_sleeping_task_monitor(qloop_loop):
     """A monitor task sleeping 5 ms at a time measures its own lateness
     while another task blocks the loop for 40-150 ms.  Both are on the same
@@ -152,6 +158,7 @@ def test_lag_agrees_with_a_sleeping_task_monitor(qloop_loop):
     assert sum(lag["buckets_us"][k:]) >= 3
 
 
+@needs_diagnostics
 def test_callback_time_and_poll_time(qloop_loop):
     lp = qloop_loop
 
@@ -166,6 +173,7 @@ def test_callback_time_and_poll_time(qloop_loop):
     assert st["callback_ns"] - before["callback_ns"] >= 0.1e9
 
 
+@needs_diagnostics
 def test_longest_callback_with_repr_when_timed(qloop_loop):
     saved = qloop.diagnostics()
     try:
@@ -196,6 +204,7 @@ def test_stats_survive_close():
     assert st["ready"] == st["timers"] == st["watchers"] == 0
 
 
+@needs_diagnostics
 @pytest.mark.parametrize("n", [1, 1000])
 def test_lag_percentiles_ordered(qloop_loop, n):
     lp = qloop_loop
