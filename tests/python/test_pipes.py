@@ -267,3 +267,153 @@ def test_subprocess_pipes_bulk(loop):
 
     out, rc = loop.run_until_complete(main())
     assert rc == 0 and out == payload
+
+
+def _drain_fd(fd, n):
+    """Read n bytes from the blocking fd, in a thread's worth of calls."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        assert chunk
+        out += chunk
+    return bytes(out)
+
+
+def test_queued_writes_order_and_snapshots(loop):
+    # Behind a full pipe, writes queue: a bytes by reference, a bytearray or
+    # a memoryview the caller changes or releases afterwards as it was when
+    # written; more queued writes than one writev() takes (IOV_MAX); 1 MiB+
+    # writes that go out a part at a time.  All arrive, in order.
+    r, w = os.pipe()
+    big = os.urandom(BIG + 12345)
+
+    async def main():
+        wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
+                                               os.fdopen(w, "wb", 0))
+        wt.set_write_buffer_limits(high=1 << 30)
+        expected = bytearray()
+        wt.write(big)
+        expected += big
+        assert wt.get_write_buffer_size() > 0  # the pipe is full
+        mutable = bytearray(b"before")
+        wt.write(mutable)
+        expected += b"before"
+        mutable[:] = b"AFTER!"
+        source = bytearray(b"viewed")
+        view = memoryview(source)
+        wt.write(view)
+        expected += b"viewed"
+        source[:] = b"VIEWED"
+        view.release()
+        ro = memoryview(b"read-only view")
+        wt.write(ro[5:])
+        expected += b"only view"
+        ro.release()
+        for i in range(3000):
+            piece = b"%d," % i
+            wt.write(piece)
+            expected += piece
+        wt.write(big)
+        expected += big
+        assert wt.get_write_buffer_size() > len(big)
+        got = await loop.run_in_executor(None, _drain_fd, r, len(expected))
+        await until(lambda: wt.get_write_buffer_size() == 0)
+        wt.close()
+        assert await wp.done is None
+        os.close(r)
+        return got, bytes(expected)
+
+    got, expected = loop.run_until_complete(main())
+    assert got == expected
+
+
+def test_write_buffer_size_counts_bytes(loop):
+    r, w = os.pipe()
+
+    async def main():
+        wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
+                                               os.fdopen(w, "wb", 0))
+        wt.set_write_buffer_limits(high=1 << 30)
+        wt.write(b"a" * BIG)
+        size = wt.get_write_buffer_size()
+        assert 0 < size <= BIG
+        wt.write(b"b" * 1000)
+        wt.write(bytearray(b"c" * 24))
+        assert wt.get_write_buffer_size() == size + 1024
+        wt.abort()
+        assert wt.get_write_buffer_size() == 0
+        assert await wp.done is None
+        os.close(r)
+
+    loop.run_until_complete(main())
+
+
+def test_pause_reading_under_fast_writer(loop):
+    # A writer far faster than the reader: nothing arrives while reading is
+    # paused, everything after it resumes, in order.
+    r, w = os.pipe()
+    payload = os.urandom(BIG)
+
+    class Pausing(ReadProto):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.pause_reading()
+            loop.call_later(0.001, self.resume)
+
+        def resume(self):
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    async def main():
+        rt, rp = await loop.connect_read_pipe(lambda: Pausing(loop),
+                                              os.fdopen(r, "rb", 0))
+        wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
+                                               os.fdopen(w, "wb", 0))
+        wt.write(payload)
+        rt.pause_reading()
+        await asyncio.sleep(0.05)
+        seen = len(rp.data)
+        await asyncio.sleep(0.05)
+        assert len(rp.data) == seen  # paused: nothing more
+        rt.resume_reading()
+        wt.close()
+        assert await wp.done is None
+        assert await rp.done is None
+        return bytes(rp.data), rp.events
+
+    data, events = loop.run_until_complete(main())
+    assert data == payload
+    assert events == ["made", "eof", "lost"]
+
+
+def test_fds_closed_after_close(loop):
+    # Both transports close their pipe once connection_lost has run, on
+    # every path: close(), abort() with data queued, the peer going away.
+    async def main():
+        for how in ("close", "abort", "peer"):
+            r, w = os.pipe()
+            rt, rp = await loop.connect_read_pipe(lambda: ReadProto(loop),
+                                                  os.fdopen(r, "rb", 0))
+            wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
+                                                   os.fdopen(w, "wb", 0))
+            rt.pause_reading()
+            wt.write(b"q" * BIG)
+            if how == "close":
+                rt.resume_reading()
+                wt.close()
+            elif how == "abort":
+                wt.abort()
+                rt.close()
+            else:
+                rt.close()
+            assert await rp.done is None
+            exc = await wp.done
+            if how == "peer":
+                assert isinstance(exc, BrokenPipeError)
+            else:
+                assert exc is None
+            for fd in (r, w):  # checked before anything could reuse them
+                with pytest.raises(OSError):
+                    os.fstat(fd)
+
+    loop.run_until_complete(main())
