@@ -19,6 +19,13 @@ on every loop (asyncio.create_subprocess_exec and its Process/streams):
           records, per spawn, the longest lateness of a tick (gap between
           two ticks minus 1 ms): how long the loop was held while a child
           started (reported, no target).
+  spawn_busy  the same spawns while a callback re-queues itself with
+          call_soon (the loop never blocks in poll); spawns+waits per
+          second (reported, no target).  The child inherits the loop's CPU
+          pin, so it shares that CPU with the spinning parent and the
+          scheduler's time slices stretch its run, on every loop alike;
+          the loop's own part, from the child's exit (its pidfd readable)
+          to wait() returning, is a small share of it.
   pipe    1 MiB chunks through `cat` (pinned to the other CPU): one task
           writes them to stdin with drain(), another reads stdout with
           read(1 MiB) to EOF, checking the byte count; MiB per second
@@ -47,8 +54,34 @@ HEARTBEAT = 0.001  # s between the ticks of the spawn benchmark's heartbeat
 BENCHES = {
     # name: (full n, quick n)
     "spawn": (1000, 200),
+    "spawn_busy": (1000, 200),
     "pipe": (512, 96),  # MiB
 }
+
+
+async def spawn_busy(n):
+    loop = asyncio.get_running_loop()
+    state = {"on": True, "spins": 0}
+
+    def spin():
+        state["spins"] += 1
+        if state["on"]:
+            loop.call_soon(spin)
+
+    loop.call_soon(spin)
+    t0 = time.perf_counter()
+    try:
+        for _ in range(n):
+            p = await asyncio.create_subprocess_exec("/bin/true")
+            rc = await p.wait()
+            if rc != 0:
+                raise RuntimeError(f"/bin/true exited {rc}")
+    finally:
+        state["on"] = False
+    wall = time.perf_counter() - t0
+    await asyncio.sleep(0)
+    return {"value": n / wall, "wall": wall,
+            "spins_per_spawn": state["spins"] / n}
 
 
 async def spawn(n):
@@ -129,6 +162,8 @@ def child(loop_name, bench, n, other_cpu):
         def run(size):
             if bench == "spawn":
                 return loop.run_until_complete(spawn(size))
+            if bench == "spawn_busy":
+                return loop.run_until_complete(spawn_busy(size))
             return loop.run_until_complete(pipe(size, other_cpu))
 
         run(max(n // 10, 4))  # warm-up
@@ -174,7 +209,7 @@ def run_all(loops, benches, reps, quick, cpu, other_cpu):
                     log(f"    failed: {why} (no more runs of this cell)")
                     cell["error"] = why
                     continue
-                unit = "spawns/s" if bench == "spawn" else "MiB/s"
+                unit = "MiB/s" if bench == "pipe" else "spawns/s"
                 log(f"    {doc['value']:.1f} {unit}")
                 cell["values"].append(doc["value"])
                 cell["runs"].append(doc)
@@ -212,6 +247,11 @@ def build_doc(loops, benches, cells, descs, unavailable, meta, quick):
                 "spawn_loop_blocked", "loop held per spawn (median of each "
                 "spawn's latest 1 ms heartbeat tick)", "heartbeat_late_p50_ms",
                 "ms", "lower", gap))
+        elif bench == "spawn_busy":
+            rows.append(_common.make_row(
+                "spawn_busy", f"spawn + wait /bin/true, {n} in a row, "
+                "while a call_soon callback keeps the loop busy",
+                "spawns_per_s_busy_loop", "spawn/s", "higher", main))
         else:
             rows.append(_common.make_row(
                 "pipe", f"1 MiB chunks through cat, {n} MiB",
