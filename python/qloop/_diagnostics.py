@@ -15,7 +15,6 @@ None for what it does not measure (callback time, longest callback, lag).
 import logging
 import os
 import sys
-import sysconfig
 import traceback
 
 from . import _qloop
@@ -276,7 +275,10 @@ def _task_of(handle):
 # Frames that are not the user's: asyncio, qloop, the standard library
 # and installed packages (site-packages lives under the stdlib prefix on
 # most installs, not on all: both are listed).
+# Computed on first use: sysconfig is not otherwise imported by asyncio,
+# and `import qloop` should not pay for it.
 def _library_prefixes():
+    import sysconfig
     paths = sysconfig.get_paths()
     out = {os.path.dirname(os.path.abspath(__file__)) + os.sep}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -286,12 +288,15 @@ def _library_prefixes():
     return tuple(out)
 
 
-_LIBRARY = _library_prefixes()
+_LIBRARY = None
 
 
 def _is_library(filename):
+    global _LIBRARY
     if filename.startswith("<frozen "):
         return True  # <frozen runpy> and the like
+    if _LIBRARY is None:
+        _LIBRARY = _library_prefixes()
     return os.path.abspath(filename).startswith(_LIBRARY)
 
 

@@ -5,9 +5,12 @@ call_soon_threadsafe, call_later, call_at, time, stop, the run loop and the
 fd watchers behind add_reader/add_writer.  What is not hot (exception
 handlers, executors, shutdown, server and connection set-up) is asyncio's
 own code, inherited, so its behaviour and messages are asyncio's.
+
+Datagrams, pipes and subprocesses are imported on first use (`import
+qloop` stays about as cheap as `import asyncio`; tests/python/
+test_footprint.py checks which modules it loads).
 """
 
-import inspect
 import ipaddress
 import selectors
 import socket
@@ -15,8 +18,7 @@ import sys
 import threading
 from asyncio import base_events, events, format_helpers, unix_events
 
-from . import _datagram, _diagnostics, _pipes, _qloop, _subprocess
-from . import _transport
+from . import _diagnostics, _qloop, _transport
 
 __all__ = ("Loop", "new_event_loop")
 
@@ -131,6 +133,7 @@ class Loop(_qloop.CLoop, _diagnostics.DiagnosticsMixin,
     def _make_datagram_transport(self, sock, protocol, address=None,
                                  waiter=None, extra=None):
         self._ensure_fd_no_transport(sock)
+        from . import _datagram
         return _datagram.DatagramTransport(self, sock, protocol, address,
                                            waiter, extra)
 
@@ -138,10 +141,12 @@ class Loop(_qloop.CLoop, _diagnostics.DiagnosticsMixin,
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None,
                                   extra=None):
+        from . import _pipes
         return _pipes.ReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None,
                                    extra=None):
+        from . import _pipes
         return _pipes.WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     # -- subprocesses: reaped by the loop itself (see _subprocess.py) ------
@@ -149,6 +154,7 @@ class Loop(_qloop.CLoop, _diagnostics.DiagnosticsMixin,
     def _child_reaper(self):
         reaper = self.__dict__.get("_qloop_reaper")
         if reaper is None:
+            from . import _subprocess
             reaper = self.__dict__["_qloop_reaper"] = _subprocess.ChildReaper(
                 self)
         return reaper
@@ -156,6 +162,7 @@ class Loop(_qloop.CLoop, _diagnostics.DiagnosticsMixin,
     async def _make_subprocess_transport(self, protocol, args, shell, stdin,
                                          stdout, stderr, bufsize, extra=None,
                                          **kwargs):
+        from . import _subprocess
         return await _subprocess.make_subprocess_transport(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize,
             extra=extra, **kwargs)
@@ -214,9 +221,12 @@ def new_event_loop():
 
 # -- slow paths the C core calls back into ------------------------------------
 
-# _format_callback_source grew a `debug` parameter in 3.13.
-_FORMAT_TAKES_DEBUG = "debug" in inspect.signature(
-    format_helpers._format_callback_source).parameters
+# _format_callback_source grew a keyword-only `debug` parameter in 3.13
+# (read from its code object: inspect.signature costs more at import).
+_code = format_helpers._format_callback_source.__code__
+_FORMAT_TAKES_DEBUG = "debug" in _code.co_varnames[
+    _code.co_argcount:_code.co_argcount + _code.co_kwonlyargcount]
+del _code
 
 
 def _format_callback(callback, args, loop):
