@@ -61,6 +61,12 @@ static inline int qloop_is_exit_exception(PyObject *exc)
            PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt);
 }
 
+/* One buffer every read lands in before it is copied into an exactly-sized
+ * bytes (the GIL is held from recv() until the bytes are made): stream.c's
+ * transports and sock.c's sock_recv.  Defined in sock.c. */
+#define QLOOP_READ_BUF_SIZE (256 * 1024) /* asyncio's max_size */
+extern char qloop_read_buf[QLOOP_READ_BUF_SIZE];
+
 /* obj.name(...) through vectorcall: no bound method, no tuple. */
 static inline PyObject *qloop_call_method0(PyObject *name, PyObject *obj)
 {

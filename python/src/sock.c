@@ -30,6 +30,7 @@
  * connection into it (and reports InvalidStateError); ours checks, as
  * every other asyncio sock callback does.
  */
+#include <errno.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
@@ -466,6 +467,119 @@ static int check_socket(LoopObject *loop, PyObject *sock)
     return 0;
 }
 
+/* ---- the system calls made here ------------------------------------------ */
+
+char qloop_read_buf[QLOOP_READ_BUF_SIZE];
+
+/* The socket's fd when recv()/send() may be made here rather than through
+ * its method: a plain socket.socket (not a subclass, not a mock), open and
+ * non-blocking (gettimeout() is 0.0), so that the call is exactly the one
+ * socket.recv/socket.send would make.  -1 when the method must be called,
+ * -2 with an exception. */
+static int direct_fd(qloop_state *st, PyObject *sock)
+{
+    if ((PyObject *)Py_TYPE(sock) != IMPORTED(st, I_SOCKET))
+        return -1;
+    PyObject *t = qloop_call_method0(NAME(st, N_GETTIMEOUT), sock);
+    if (!t)
+        return -2;
+    int nonblocking = PyFloat_CheckExact(t) && PyFloat_AS_DOUBLE(t) == 0.0;
+    Py_DECREF(t);
+    if (!nonblocking)
+        return -1;
+    PyObject *f = qloop_call_method0(NAME(st, N_FILENO), sock);
+    if (!f)
+        return -2;
+    long fd = PyLong_AsLong(f);
+    Py_DECREF(f);
+    if (fd == -1 && PyErr_Occurred())
+        return -2;
+    /* Closed (-1): the method raises what it raises. */
+    return fd >= 0 && fd <= INT32_MAX ? (int)fd : -1;
+}
+
+/* The socket module's sock_call() loop: retry on EINTR once the signal
+ * handlers ran.  1 when the call would block (no exception), 0 with the
+ * result in *n, -1 with the exception socket.recv/send raise. */
+static int direct_result(ssize_t r, ssize_t *n)
+{
+    if (r >= 0) {
+        *n = r;
+        return 0;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return 1;
+    if (errno == EINTR)
+        return PyErr_CheckSignals() < 0 ? -1 : 2; /* 2: try again */
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+/* sock.recv(n) on a direct socket with a plain int 0 <= n <= the shared
+ * read buffer: recv() into the buffer (no 256 KiB bytes allocated and
+ * shrunk per call), copied out into an exactly-sized bytes.  The result,
+ * NULL with an exception, or NULL without one when the call would block;
+ * *handled 0 when the method must be called instead. */
+static PyObject *direct_recv(int fd, PyObject *nobj, int *handled)
+{
+    *handled = 0;
+    if (!PyLong_CheckExact(nobj))
+        return NULL;
+    Py_ssize_t len = PyLong_AsSsize_t(nobj);
+    if (len < 0 || len > QLOOP_READ_BUF_SIZE) {
+        PyErr_Clear(); /* the method raises its own error */
+        return NULL;
+    }
+    *handled = 1;
+    if (len == 0)
+        return PyBytes_FromStringAndSize(NULL, 0); /* as socket.recv: no call */
+    for (;;) {
+        ssize_t n;
+        int rc = direct_result(recv(fd, qloop_read_buf, (size_t)len, 0), &n);
+        if (rc == 0)
+            return PyBytes_FromStringAndSize(qloop_read_buf, n);
+        if (rc != 2)
+            return NULL;
+    }
+}
+
+/* sock.send(buf[0:len]) on a direct socket: 0 with the bytes sent in
+ * *sent, 1 when it would block, -1 with an exception.  The caller holds
+ * a buffer export of the data (socket.send's y*), so a signal handler run
+ * on EINTR cannot resize it under us. */
+static int direct_send(int fd, const char *buf, Py_ssize_t len,
+                       Py_ssize_t *sent)
+{
+    for (;;) {
+        int rc = direct_result(send(fd, buf, (size_t)len, 0), sent);
+        if (rc != 2)
+            return rc;
+    }
+}
+
+/* Data socket.send would take as it is and we may send directly: a bytes
+ * or a bytearray (a memoryview over one of them in the waiter). */
+static int direct_data(PyObject *data)
+{
+    return PyBytes_CheckExact(data) || PyByteArray_CheckExact(data);
+}
+
+/* sock.recv(n): directly when we may; NULL without an exception when it
+ * would block (directly) -- through the method, BlockingIOError. */
+static PyObject *try_recv(qloop_state *st, PyObject *sock, PyObject *n)
+{
+    int fd = direct_fd(st, sock);
+    if (fd == -2)
+        return NULL;
+    if (fd >= 0) {
+        int handled;
+        PyObject *res = direct_recv(fd, n, &handled);
+        if (handled)
+            return res;
+    }
+    return qloop_call_method1(NAME(st, N_RECV), sock, n);
+}
+
 /* `conn, address = sock.accept(); conn.setblocking(False)` */
 static PyObject *accept_once(qloop_state *st, PyObject *sock)
 {
@@ -491,11 +605,14 @@ static PyObject *accept_once(qloop_state *st, PyObject *sock)
 }
 
 /* One try of a read-side operation (and accept): the same call from the
- * method's body and from the waiter. */
+ * method's body and from the waiter.  NULL without an exception, or with
+ * BlockingIOError or InterruptedError, when it would block. */
 static PyObject *try_read(qloop_state *st, int op, PyObject *sock,
                           PyObject *arg1, PyObject *arg2)
 {
     switch (op) {
+    case OP_RECV:
+        return try_recv(st, sock, arg1);
     case OP_ACCEPT:
         return accept_once(st, sock);
     case OP_RECVFROM_INTO:
@@ -589,19 +706,34 @@ static PyObject *waiter_finish(SockWaiterObject *w, PyObject *res,
 static PyObject *waiter_send_more(SockWaiterObject *w)
 {
     qloop_state *st = w->loop->st;
-    PyObject *view = w->pos ? PySequence_GetSlice(w->arg1, w->pos,
-                                                  PY_SSIZE_T_MAX)
-                            : Py_NewRef(w->arg1);
-    if (!view)
+    Py_ssize_t n;
+    /* A view over a bytes or a bytearray: bytes and items are one. */
+    int fd = direct_data(PyMemoryView_GET_BASE(w->arg1))
+                 ? direct_fd(st, w->sock)
+                 : -1;
+    if (fd == -2)
         return NULL;
-    PyObject *res = qloop_call_method1(NAME(st, N_SEND), w->sock, view);
-    Py_DECREF(view);
-    if (!res)
-        return NULL;
-    Py_ssize_t n = PyLong_AsSsize_t(res);
-    Py_DECREF(res);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
+    if (fd >= 0) {
+        Py_buffer *b = PyMemoryView_GET_BUFFER(w->arg1);
+        int rc = direct_send(fd, (const char *)b->buf + w->pos,
+                             b->len - w->pos, &n);
+        if (rc != 0)
+            return NULL; /* with the exception, or none: wait */
+    } else {
+        PyObject *view = w->pos ? PySequence_GetSlice(w->arg1, w->pos,
+                                                      PY_SSIZE_T_MAX)
+                                : Py_NewRef(w->arg1);
+        if (!view)
+            return NULL;
+        PyObject *res = qloop_call_method1(NAME(st, N_SEND), w->sock, view);
+        Py_DECREF(view);
+        if (!res)
+            return NULL;
+        n = PyLong_AsSsize_t(res);
+        Py_DECREF(res);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+    }
     w->pos += n;
     if (w->pos == w->len)
         Py_RETURN_NONE;
@@ -681,7 +813,7 @@ static PyObject *waiter_ready(SockWaiterObject *w)
     }
     if (res)
         return waiter_finish(w, res, NULL);
-    if (would_block()) {
+    if (!PyErr_Occurred() || would_block()) {
         PyErr_Clear(); /* try again next time */
         Py_RETURN_NONE;
     }
@@ -964,8 +1096,22 @@ static PySendResult coro_start(SockCoroutineObject *c, PyObject **result)
     }
     case OP_SENDALL: {
         Py_ssize_t n = 0;
-        res = qloop_call_method1(NAME(st, N_SEND), sock, c->args[1]);
-        if (res) {
+        int fd = direct_data(c->args[1]) ? direct_fd(st, sock) : -1;
+        if (fd == -2)
+            return PYGEN_ERROR;
+        if (fd >= 0) {
+            Py_buffer b;
+            if (PyObject_GetBuffer(c->args[1], &b, PyBUF_SIMPLE) < 0)
+                return PYGEN_ERROR;
+            int rc = direct_send(fd, b.buf, b.len, &n);
+            PyBuffer_Release(&b);
+            if (rc < 0)
+                return PYGEN_ERROR;
+            if (rc == 1)
+                n = 0;
+            res = NULL;
+        } else if ((res = qloop_call_method1(NAME(st, N_SEND), sock,
+                                             c->args[1]))) {
             n = PyLong_AsSsize_t(res);
             Py_DECREF(res);
             if (n == -1 && PyErr_Occurred())
@@ -1013,7 +1159,7 @@ static PySendResult coro_start(SockCoroutineObject *c, PyObject **result)
         /* fall through */
     default:
         res = try_read(st, c->op, sock, c->args[1], c->args[2]);
-        if (!res && would_block()) {
+        if (!res && (!PyErr_Occurred() || would_block())) {
             PyErr_Clear();
             return coro_wait(c, c->args[1], c->args[2], 0, result);
         }

@@ -55,8 +55,10 @@
 /* asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES */
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 
-/* The buffer small reads land in before they are copied into a bytes. */
-static char read_buf[STREAM_MAX_READ];
+/* The buffer small reads land in before they are copied into a bytes
+ * (qloop_read_buf, shared with sock.c). */
+#define read_buf qloop_read_buf
+_Static_assert(STREAM_MAX_READ <= QLOOP_READ_BUF_SIZE, "read_buf too small");
 
 enum stream_name {
     S_DATA_RECEIVED,
