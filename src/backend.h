@@ -20,6 +20,12 @@ void ql__backend_close(ql_loop *loop);
  * io->gen is the generation to attach to events. */
 int ql__backend_modify(ql_loop *loop, ql_io *io, unsigned old_events,
                        unsigned new_events);
+/* Nonzero when a registration may be left in the poller after its watcher
+ * stops ("parked", see ql_io_stop): the backend then re-registers with
+ * ql__backend_modify(old_events = the parked events, new_events) even when
+ * the two are equal (the generation changes), and a registration the
+ * kernel dropped meanwhile (its fd closed) is added again. */
+extern const int ql__backend_parks;
 /* The poll system call only (the core releases locks around it).
  * timeout_ns < 0 blocks indefinitely.  Returns the number of events
  * collected, or a negative errno (-EINTR included). */

@@ -139,6 +139,8 @@ static int filter_of(unsigned event)
     return event == QL_READABLE ? EVFILT_READ : EVFILT_WRITE;
 }
 
+const int ql__backend_parks = 0;
+
 int ql__backend_modify(ql_loop *loop, ql_io *io, unsigned old_events,
                        unsigned new_events)
 {

@@ -105,6 +105,7 @@ int ql_loop_free(ql_loop *loop)
     ql__heap_free(&loop->timers);
     ql__ring_free(&loop->ready);
     free(loop->watchers);
+    free(loop->parked);
     free(loop->tsq);
     pthread_mutex_destroy(&loop->tsq_lock);
     free(loop);
@@ -340,6 +341,13 @@ static int ensure_watcher_slot(ql_loop *loop, int fd)
     uint32_t cap = n ? n : 64;
     while (cap <= (uint32_t)fd)
         cap *= 2;
+    if (ql__backend_parks) {
+        ql__parked *p = realloc(loop->parked, sizeof(*p) * cap);
+        if (!p)
+            return -ENOMEM;
+        memset(p + n, 0, sizeof(*p) * (cap - n));
+        loop->parked = p;
+    }
     ql_io **w = realloc(loop->watchers, sizeof(*w) * cap);
     if (!w)
         return -ENOMEM;
@@ -347,6 +355,13 @@ static int ensure_watcher_slot(ql_loop *loop, int fd)
     loop->watchers = w;
     loop->nwatchers = cap;
     return 0;
+}
+
+/* A new poller holds only the active watchers. */
+static void forget_parked(ql_loop *loop)
+{
+    if (loop->parked)
+        memset(loop->parked, 0, sizeof(*loop->parked) * loop->nwatchers);
 }
 
 int ql_io_start(ql_loop *loop, ql_io *io, unsigned events)
@@ -369,9 +384,15 @@ int ql_io_start(ql_loop *loop, ql_io *io, unsigned events)
     if ((uint32_t)io->fd < loop->nwatchers && loop->watchers[io->fd])
         return -EEXIST;
     /* The kernel first: only an fd it accepts may size the table (an fd
-     * is below RLIMIT_NOFILE; INT_MAX would ask for 16 GiB). */
+     * is below RLIMIT_NOFILE; INT_MAX would ask for 16 GiB).  A parked
+     * registration is taken over (re-registered with our generation). */
     io->gen = ++loop->io_gen;
-    rc = ql__backend_modify(loop, io, 0, events);
+    unsigned parked = 0;
+    if (loop->parked && (uint32_t)io->fd < loop->nwatchers) {
+        parked = loop->parked[io->fd].events;
+        loop->parked[io->fd].events = 0;
+    }
+    rc = ql__backend_modify(loop, io, parked, events);
     if (rc < 0)
         return rc;
     rc = ensure_watcher_slot(loop, io->fd);
@@ -390,8 +411,18 @@ int ql_io_stop(ql_loop *loop, ql_io *io)
 {
     if (!io->active)
         return 0;
-    /* The backend treats an fd closed behind our back as removed. */
-    int rc = ql__backend_modify(loop, io, io->events, 0);
+    int rc = 0;
+    if (loop->parked) {
+        /* Parked: the kernel keeps the registration, so that watching the
+         * fd again costs one call instead of a removal now and an addition
+         * then.  An event it reports before that removes it
+         * (ql__io_dispatch); a close() drops it with the file. */
+        loop->parked[io->fd].gen = io->gen;
+        loop->parked[io->fd].events = io->events;
+    } else {
+        /* The backend treats an fd closed behind our back as removed. */
+        rc = ql__backend_modify(loop, io, io->events, 0);
+    }
     loop->watchers[io->fd] = NULL;
     io->active = 0;
     io->events = 0;
@@ -408,6 +439,16 @@ size_t ql_loop_io_count(const ql_loop *loop) { return loop->io_count; }
 void ql__io_dispatch(ql_loop *loop, int fd, uint32_t gen, unsigned events)
 {
     ql_io *io = (uint32_t)fd < loop->nwatchers ? loop->watchers[fd] : NULL;
+    if (!io && loop->parked && (uint32_t)fd < loop->nwatchers &&
+        loop->parked[fd].events && loop->parked[fd].gen == gen) {
+        /* Nobody watches the fd now: remove what was parked.  Should the
+         * kernel not let us (the file lives on through a dup, its fd
+         * closed), the next event is a stale one, handled below. */
+        ql_io parked = {.fd = fd, .gen = gen};
+        ql__backend_modify(loop, &parked, loop->parked[fd].events, 0);
+        loop->parked[fd].events = 0;
+        return;
+    }
     if (!io || io->gen != gen) {
         if (fd == loop->stale_fd_prev)
             loop->need_rebuild = 1;
@@ -504,6 +545,7 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
             int rc = ql__backend_reinit(loop, 0);
             if (rc < 0)
                 return rc;
+            forget_parked(loop);
         }
         if (loop->broken)
             return QL_BROKEN;
@@ -562,7 +604,10 @@ int ql_loop_fork(ql_loop *loop)
     atomic_store(&loop->polling, 0);
     loop->stale_fd_prev = loop->stale_fd_cur = -1;
     loop->need_rebuild = 0;
-    return ql__backend_reinit(loop, 1);
+    int rc = ql__backend_reinit(loop, 1);
+    if (rc == 0)
+        forget_parked(loop);
+    return rc;
 }
 
 void ql_loop_stats(const ql_loop *loop, ql_stats *out) { *out = loop->stats; }

@@ -11,6 +11,11 @@
 
 struct ql_backend; /* private to the backend file */
 
+typedef struct {
+    uint32_t gen;    /* the generation its events carry */
+    unsigned events; /* what it asks for; 0: nothing parked */
+} ql__parked;
+
 struct ql_loop {
     int64_t now;
     ql__ready_ring ready;
@@ -24,6 +29,9 @@ struct ql_loop {
     uint32_t nwatchers; /* size of the table */
     uint32_t io_count;  /* active watchers */
     uint32_t io_gen;    /* next registration generation */
+    /* fd -> a registration ql_io_stop() left in the kernel (backends with
+     * ql__backend_parks), events 0 where none: see ql_io_stop. */
+    ql__parked *parked;
     /* Stale-event tracking: the same fd reporting stale events in two
      * consecutive polls means the kernel holds a registration we cannot
      * remove by fd (the old file lives on through a dup): rebuild. */
