@@ -785,6 +785,47 @@ START_TEST(io_fd_closed_while_dup_alive)
 }
 END_TEST
 
+START_TEST(io_restart_after_stop)
+{
+    /* A stopped watcher gets nothing while its fd stays readable (epoll
+     * keeps the registration parked until it reports an event), and
+     * starting it again, with the same or another interest, works at once,
+     * round after round. */
+    ql_loop *loop = ql_test_loop_new();
+    int s[2];
+    ck_assert_int_eq(
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, s),
+        0);
+    watch w;
+    watch_init(&w, s[0], 0);
+    for (int round = 0; round < 3; round++) {
+        ck_assert_int_eq(ql_io_start(loop, &w.io, QL_READABLE), 0);
+        ql_test_write_byte(s[1]);
+        ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+        ck_assert_int_eq(w.calls, 2 * round + 1);
+        ck_assert_int_eq(ql_io_stop(loop, &w.io), 0);
+        ck_assert_uint_eq(ql_loop_io_count(loop), 0);
+        for (int i = 0; i < 3; i++)
+            ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+        ck_assert_int_eq(w.calls, 2 * round + 1);
+        ck_assert_int_eq(ql_io_start(loop, &w.io, QL_READABLE), 0);
+        ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+        ck_assert_int_eq(w.calls, 2 * round + 2);
+        ck_assert_uint_eq(w.last_events, QL_READABLE);
+        ck_assert_int_eq(ql_test_drain(s[0]), 1);
+        ck_assert_int_eq(ql_io_stop(loop, &w.io), 0);
+    }
+    ql_test_write_byte(s[1]);
+    ck_assert_int_eq(ql_io_start(loop, &w.io, QL_WRITABLE), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    ck_assert_int_eq(w.calls, 7);
+    ck_assert_uint_eq(w.last_events, QL_WRITABLE);
+    ck_assert_int_eq(ql_io_stop(loop, &w.io), 0);
+    close_pair(s);
+    ql_test_loop_free(loop);
+}
+END_TEST
+
 START_TEST(io_many_fds)
 {
     /* Enough watchers to grow the fd table several times. */
@@ -872,6 +913,7 @@ Suite *io_suite(void)
     tcase_add_test(tc, io_remove_other_in_batch_free);
     tcase_add_test(tc, io_remove_other_in_batch_reuse);
     tcase_add_test(tc, io_remove_other_in_batch_close_first);
+    tcase_add_test(tc, io_restart_after_stop);
     tcase_add_test(tc, io_many_fds);
     tcase_add_test(tc, io_count);
     suite_add_tcase(s, tc);
