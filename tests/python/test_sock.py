@@ -1,8 +1,12 @@
 """loop.sock_* coroutines."""
 
 import asyncio
+import errno
+import os
 import socket
+import struct
 import sys
+import time
 
 import pytest
 
@@ -644,3 +648,261 @@ def test_sock_echo_many_rounds(loop, pair):
         await server
 
     loop.run_until_complete(main())
+
+
+# ---- the system calls made in C, and the kernel registrations ---------------
+
+
+def _tcp_pair():
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    a = socket.create_connection(lsock.getsockname())
+    b, _ = lsock.accept()
+    lsock.close()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def test_sock_recv_waits_again_on_a_reused_fd(loop):
+    """Wait on a socket, close it, and wait on a new one that gets the same
+    fd number: the kernel dropped the registration with the old file, and
+    the new wait must still be woken."""
+    async def one_round():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        try:
+            task = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.002)
+            assert not task.done()
+            b.send(b"x")
+            assert await asyncio.wait_for(task, 5) == b"x"
+            return a.fileno()
+        finally:
+            a.close()
+            b.close()
+
+    async def main():
+        fds = [await one_round() for _ in range(20)]
+        return fds
+
+    fds = loop.run_until_complete(main())
+    assert len(set(fds)) < len(fds)  # fd numbers were reused
+
+
+def test_sock_recv_unwatched_readable_socket_does_not_spin(loop, pair):
+    """Data that arrives once nobody waits on the socket any more must not
+    keep the loop busy (a registration left behind would report it on
+    every poll), and is there for the next sock_recv."""
+    a, b = pair
+
+    async def main():
+        task = loop.create_task(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.002)
+        b.send(b"first")
+        assert await task == b"first"
+        b.send(b"second")
+        t0 = time.process_time()
+        await asyncio.sleep(0.3)
+        spent = time.process_time() - t0
+        return spent, await loop.sock_recv(a, 100)
+
+    spent, data = loop.run_until_complete(main())
+    assert data == b"second"
+    assert spent < 0.15
+
+
+def test_add_reader_after_sock_recv_waited(loop, pair):
+    """After a sock_recv that waited, the fd is not watched (remove_reader
+    says so) and add_reader on it works as on a fresh fd."""
+    a, b = pair
+
+    async def main():
+        task = loop.create_task(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.002)
+        b.send(b"1")
+        assert await task == b"1"
+        assert not loop.remove_reader(a.fileno())
+        got = loop.create_future()
+        loop.add_reader(a.fileno(), lambda: got.set_result(a.recv(100)))
+        b.send(b"2")
+        try:
+            return await asyncio.wait_for(got, 5)
+        finally:
+            assert loop.remove_reader(a.fileno())
+
+    assert loop.run_until_complete(main()) == b"2"
+
+
+def test_sock_recv_peer_reset(loop):
+    a, b = _tcp_pair()
+    try:
+        async def main():
+            task = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.005)
+            assert not task.done()
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
+            b.close()  # RST
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(task, 5)
+            # the error is there for a new call too, at once or EOF
+            try:
+                assert await loop.sock_recv(a, 100) == b""
+            except ConnectionResetError:
+                pass
+
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sock_sendall_to_reset_peer(loop):
+    a, b = _tcp_pair()
+    try:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                     struct.pack("ii", 1, 0))
+        b.close()
+
+        async def main():
+            await asyncio.sleep(0.005)
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                for _ in range(100):
+                    await loop.sock_sendall(a, b"x" * 65536)
+
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+
+
+def test_sock_fd_closed_behind_the_loops_back(loop, pair):
+    a, b = pair
+    os.close(a.fileno())
+    try:
+        with pytest.raises(OSError) as info:
+            loop.run_until_complete(loop.sock_recv(a, 100))
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(OSError) as info:
+            loop.run_until_complete(loop.sock_sendall(a, b"data"))
+        assert info.value.errno == errno.EBADF
+    finally:
+        a.detach()  # its fd is gone: the fixture must not close it again
+
+
+def test_sock_sendall_bytearray_partial_writes(loop, pair):
+    """A bytearray that does not fit: sent in pieces, and it cannot be
+    resized while sock_sendall holds it (asyncio's memoryview)."""
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = bytearray(bytes(range(256)) * 4096)  # 1 MiB
+
+    async def reader():
+        got = bytearray()
+        while len(got) < len(payload):
+            data = await loop.sock_recv(b, 65536)
+            if not data:
+                break
+            got += data
+        return bytes(got)
+
+    async def main():
+        sender = loop.create_task(loop.sock_sendall(a, payload))
+        await asyncio.sleep(0)
+        assert not sender.done()
+        with pytest.raises(BufferError):
+            payload.extend(b"more")
+        got = await asyncio.wait_for(reader(), 20)
+        await sender
+        return got
+
+    assert loop.run_until_complete(main()) == bytes(payload)
+
+
+def test_sock_recv_sizes_and_types(loop, pair):
+    """Sizes above the read buffer, an __index__ size, and the errors
+    socket.recv gives, whatever path the call takes."""
+    a, b = pair
+
+    class Size:
+        def __index__(self):
+            return 5
+
+    big = bytes(range(256)) * 2048  # 512 KiB
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+
+    async def main():
+        await loop.sock_sendall(b, b"0123456789")
+        first = await loop.sock_recv(a, Size())
+        rest = await loop.sock_recv(a, 1 << 20)
+        with pytest.raises(TypeError):
+            await loop.sock_recv(a, 1.5)
+        with pytest.raises(OverflowError):
+            await loop.sock_recv(a, 1 << 70)
+        sender = loop.create_task(loop.sock_sendall(b, big))
+        got = b""
+        while len(got) < len(big):
+            got += await loop.sock_recv(a, 1 << 20)
+        await sender
+        return first, rest, got
+
+    first, rest, got = loop.run_until_complete(main())
+    assert (first, rest) == (b"01234", b"56789")
+    assert got == big
+
+
+def test_sock_methods_of_a_socket_subclass_are_called(loop, pair):
+    """A subclass of socket.socket keeps its own recv/send."""
+    a, b = pair
+    calls = []
+
+    class Traced(socket.socket):
+        def recv(self, n, *args):
+            calls.append(("recv", n))
+            return super().recv(n, *args)
+
+        def send(self, data, *args):
+            calls.append(("send", len(data)))
+            return super().send(data, *args)
+
+    t = Traced(fileno=a.detach())
+    t.setblocking(False)
+    try:
+        async def main():
+            await loop.sock_sendall(t, b"ping")
+            task = loop.create_task(loop.sock_recv(t, 100))
+            await asyncio.sleep(0.002)
+            b.send(b"pong")
+            return b.recv(100), await task
+
+        assert loop.run_until_complete(main()) == (b"ping", b"pong")
+        assert ("send", 4) in calls
+        assert calls.count(("recv", 100)) >= 1
+    finally:
+        t.close()
+        a.close()
+
+
+def test_sock_awaitables_with_ensure_future_gather_wait_for(loop, pair):
+    a, b = pair
+
+    async def main():
+        recv = asyncio.ensure_future(loop.sock_recv(b, 100))
+        assert isinstance(recv, asyncio.Task)
+        sent = asyncio.ensure_future(loop.sock_sendall(a, b"abc"))
+        assert await sent is None
+        assert await recv == b"abc"
+        results = await asyncio.gather(loop.sock_sendall(a, b"def"),
+                                       loop.sock_recv(b, 100))
+        assert results == [None, b"def"]
+        assert await asyncio.wait_for(loop.sock_sendall(a, b"g"), 5) is None
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 5) == b"g"
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(b, 100), 0.01)
+        # the timed-out wait left the socket usable
+        await loop.sock_sendall(a, b"h")
+        return await loop.sock_recv(b, 100)
+
+    assert loop.run_until_complete(main()) == b"h"
