@@ -70,11 +70,14 @@ typedef enum ql_run_mode {
 #define QL_TIMER_INACTIVE UINT32_MAX
 
 struct ql_timer {
+    /* private: slot in the heap or QL_TIMER_INACTIVE.  First: a timer
+     * embedded after its owner's hot fields then shares their cache line,
+     * and stopping a timer reads it (and each heap move writes it). */
+    uint32_t heap_index;
     int64_t deadline;    /* absolute, ns; valid while active */
+    uint64_t seq;        /* private: start order, breaks deadline ties */
     ql_timer_fn cb;
     void *data;
-    uint64_t seq;        /* private: start order, breaks deadline ties */
-    uint32_t heap_index; /* private: slot in the heap or QL_TIMER_INACTIVE */
 };
 
 void ql_timer_init(ql_timer *timer, ql_timer_fn cb, void *data);

@@ -75,7 +75,8 @@ void qloop_freelists_clear(void)
 static HandleObject *handle_alloc(PyTypeObject *type, int timer)
 {
     HandleObject *h = NULL;
-    size_t size = timer ? sizeof(TimerHandleObject) : sizeof(HandleObject);
+    size_t size =
+        timer ? sizeof(TimerHandleObject) : sizeof(CallbackHandleObject);
     if (timer && timer_nfree)
         h = (HandleObject *)timer_freelist[--timer_nfree];
     else if (!timer && handle_nfree)
@@ -99,27 +100,35 @@ static void handle_clear_args(HandleObject *h)
     h->nargs = 0;
     for (Py_ssize_t i = 0; i < n; i++)
         Py_XDECREF(args[i]);
-    if (args && args != &h->argbuf[1])
+    if (args && !h->args_inline)
         PyMem_Free(args - 1);
+    h->args_inline = 0;
 }
 
 /* Drop the callback and its arguments (asyncio does so at cancel()). */
-void qloop_handle_clear_callback(HandleObject *h)
+static inline void clear_callback(HandleObject *h)
 {
     Py_CLEAR(h->callback);
     handle_clear_args(h);
 }
+
+void qloop_handle_clear_callback(HandleObject *h) { clear_callback(h); }
 
 HandleObject *qloop_handle_new(LoopObject *loop, PyTypeObject *type,
                                PyObject *callback, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *context, int track)
 {
     qloop_state *st = loop->st;
-    HandleObject *h = handle_alloc(type, type == st->TimerHandleType);
+    int timer = type == st->TimerHandleType;
+    HandleObject *h = handle_alloc(type, timer);
     if (!h)
         return NULL;
-    if (nargs <= QLH_INLINE_ARGS) {
-        h->args = &h->argbuf[1];
+    if (timer && nargs <= QLT_INLINE_ARGS) {
+        h->args = &((TimerHandleObject *)h)->argbuf[1];
+        h->args_inline = 1;
+    } else if (!timer && nargs <= QLH_INLINE_ARGS) {
+        h->args = &((CallbackHandleObject *)h)->argbuf[1];
+        h->args_inline = 1;
     } else {
         PyObject **block = PyMem_Malloc(sizeof(PyObject *) * (nargs + 1));
         if (!block) {
@@ -141,7 +150,7 @@ HandleObject *qloop_handle_new(LoopObject *loop, PyTypeObject *type,
     } else {
         h->context = Py_NewRef(context);
     }
-    if (type == st->TimerHandleType)
+    if (timer)
         ((TimerHandleObject *)h)->timer.heap_index = QL_TIMER_INACTIVE;
     if (loop->debug) {
         h->source_traceback = PyObject_CallNoArgs(st->extract_stack);
@@ -232,7 +241,7 @@ static int handle_traverse(HandleObject *h, visitproc visit, void *arg)
 
 static int handle_clear(HandleObject *h)
 {
-    qloop_handle_clear_callback(h);
+    clear_callback(h);
     Py_CLEAR(h->context);
     Py_CLEAR(h->source_traceback);
     Py_CLEAR(h->repr);
@@ -276,7 +285,7 @@ static void handle_mark_cancelled(HandleObject *h)
             PyErr_Clear();
     }
     if (!h->running)
-        qloop_handle_clear_callback(h);
+        clear_callback(h);
 }
 
 static PyObject *handle_cancel(HandleObject *h, PyObject *Py_UNUSED(ignored))
@@ -426,7 +435,7 @@ static PyType_Slot handle_slots[] = {
 
 PyType_Spec qloop_handle_spec = {
     .name = "qloop._qloop.Handle",
-    .basicsize = sizeof(HandleObject),
+    .basicsize = sizeof(CallbackHandleObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = handle_slots,
@@ -441,9 +450,9 @@ static PyObject *timer_cancel(TimerHandleObject *t,
     if (h->cancelled)
         Py_RETURN_NONE;
     handle_mark_cancelled(h);
-    if (t->scheduled) {
+    if (t->base.scheduled) {
         /* Out of the heap now: cancelled timers never pile up. */
-        t->scheduled = 0;
+        t->base.scheduled = 0;
         if (h->loop && h->loop->ql)
             ql_timer_stop(h->loop->ql, &t->timer);
         qloop_handle_release(h); /* the loop's reference */
@@ -458,7 +467,7 @@ static PyObject *timer_when(TimerHandleObject *t, PyObject *Py_UNUSED(ignored))
 
 static PyObject *timer_get_scheduled(TimerHandleObject *t, void *Py_UNUSED(c))
 {
-    return PyBool_FromLong(t->scheduled);
+    return PyBool_FromLong(t->base.scheduled);
 }
 
 static Py_hash_t timer_hash(TimerHandleObject *t)

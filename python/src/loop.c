@@ -189,7 +189,7 @@ static void timer_ring_run(ql_loop *ql, void *arg)
 static void timer_fired(ql_loop *ql, ql_timer *timer)
 {
     TimerHandleObject *t = timer->data;
-    t->scheduled = 0;
+    t->base.scheduled = 0;
     if (ql_call_soon(ql, timer_ring_run, t) < 0) {
         /* Out of memory for the ring: run it now rather than lose it. */
         run_handle(t->base.loop, &t->base);
@@ -387,7 +387,7 @@ static void loop_release_all(LoopObject *self)
         while ((timer = ql_loop_next_timer(self->ql)) != NULL) {
             TimerHandleObject *t = timer->data;
             ql_timer_stop(self->ql, timer);
-            t->scheduled = 0;
+            t->base.scheduled = 0;
             qloop_handle_release(&t->base);
         }
     }
@@ -586,8 +586,12 @@ static int64_t when_to_ns(double when)
         return INT64_MAX;
     if (when < -9.2e9)
         return INT64_MIN;
-    double ns = ceil(when * 1e9);
+    /* ceil(when * 1e9) without the libm call: truncate toward zero, then
+     * step up once if that fell below. */
+    double ns = when * 1e9;
     int64_t deadline = (int64_t)ns;
+    if ((double)deadline < ns)
+        deadline++;
     if ((double)deadline / 1e9 < when)
         deadline++;
     return deadline;
@@ -609,7 +613,7 @@ static PyObject *schedule_timer(LoopObject *self, double when,
         Py_DECREF(h);
         return PyErr_NoMemory();
     }
-    t->scheduled = 1;
+    t->base.scheduled = 1;
     Py_INCREF(h); /* one for the loop, one for the caller */
     return (PyObject *)h;
 }

@@ -24,7 +24,9 @@
 
 #include "qloop.h"
 
+/* Arguments kept inside a Handle / a TimerHandle (more: a heap block). */
 #define QLH_INLINE_ARGS 4
+#define QLT_INLINE_ARGS 2
 
 typedef struct {
     /* Types */
@@ -94,27 +96,41 @@ static inline PyObject *qloop_call_method2(PyObject *name, PyObject *obj,
 typedef struct LoopObject LoopObject;
 typedef struct qloop_diag qloop_diag; /* diag.c */
 
+/* The fields every handle has.  Handle and TimerHandle each append their
+ * own inline argument slots, so a timer handle, of which a program may hold
+ * hundreds of thousands, stays small (176 bytes with the GC header): what
+ * schedule, cancel() and dealloc touch comes first, debug-only and
+ * rarely-set fields after it. */
 typedef struct HandleObject {
     PyObject_HEAD
     LoopObject *loop;           /* strong */
     PyObject *callback;         /* NULL once cancelled (unless running) */
     PyObject *context;
-    PyObject *source_traceback; /* debug mode only */
-    PyObject *repr;             /* kept at cancel in debug mode */
-    PyObject *weakreflist;
-    PyObject **args;            /* &argbuf[1], or a heap block past a spare slot */
+    PyObject **args;            /* past a spare slot: inline, or a heap block */
     Py_ssize_t nargs;
     char cancelled;
     char running;
     char ctx_shared;            /* context is a shared snapshot: context.c */
-    PyObject *argbuf[1 + QLH_INLINE_ARGS];
+    char args_inline;           /* args points into the handle itself */
+    char scheduled;             /* TimerHandle: armed in the loop's heap */
+    PyObject *weakreflist;
+    PyObject *source_traceback; /* debug mode only */
+    PyObject *repr;             /* kept at cancel in debug mode */
 } HandleObject;
+
+/* What call_soon returns. */
+typedef struct {
+    HandleObject base;
+    PyObject *argbuf[1 + QLH_INLINE_ARGS];
+} CallbackHandleObject;
 
 typedef struct {
     HandleObject base;
     ql_timer timer;
     double when;
-    char scheduled;
+    /* Fewer than a Handle: call_later(delay, cb, fut, result), as
+     * asyncio.sleep() does, is the common case. */
+    PyObject *argbuf[1 + QLT_INLINE_ARGS];
 } TimerHandleObject;
 
 typedef struct {

@@ -167,6 +167,31 @@ def test_timer_handle_comparisons(loop):
     h.cancel()
 
 
+@pytest.mark.parametrize("nargs", range(0, 6))
+def test_timer_args_inline_and_spilled(loop, nargs):
+    """qloop keeps a timer's first arguments inside its handle and more in
+    a separate block: either way they reach the callback, show as _args,
+    and are dropped at cancel()."""
+    import weakref
+
+    class Arg:
+        pass
+
+    got = []
+    args = tuple(Arg() for _ in range(nargs))
+    refs = [weakref.ref(a) for a in args]
+    h = loop.call_later(0, lambda *a: got.append(a), *args)
+    h2 = loop.call_at(loop.time() + 1000, noop, *args)
+    assert h._args == args and h2._args == args
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert len(got) == 1 and len(got[0]) == nargs
+    assert all(x is y for x, y in zip(got[0], args))
+    h2.cancel()
+    assert h2._args is None and h2.cancelled()
+    del args, got, h
+    assert all(r() is None for r in refs)
+
+
 def test_timer_handles_in_a_set_and_dict(loop):
     hs = [loop.call_at(float(i), noop, i) for i in range(10)]
     assert len(set(hs)) == 10
