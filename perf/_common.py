@@ -20,6 +20,14 @@ import time
 # system: put an in-tree build on PYTHONPATH (PYTHONPATH=build/epoll/inplace)
 # or install it.
 LOOPS = ("asyncio", "uvloop", "rloop", "qloop")
+# Variants of qloop that perf/diag.py measures against "qloop" (the default
+# build, diagnostics off): the build without diagnostics (meson
+# -Ddiagnostics=false; NODIAG_PATH_ENV names the directory to import it
+# from, perf/diag.py builds it) and the default build with the watchdog and
+# slow-callback reports on, at DIAG_ON_SECONDS.
+QLOOP_VARIANTS = ("qloop-nodiag", "qloop-diag")
+NODIAG_PATH_ENV = "QLOOP_NODIAG_PATH"
+DIAG_ON_SECONDS = 0.1
 
 
 def log(msg):
@@ -42,13 +50,48 @@ def new_loop(name):
     if name == "qloop":
         import qloop
         return qloop.new_event_loop()
+    if name in QLOOP_VARIANTS:
+        return import_qloop_variant(name).new_event_loop()
     raise ValueError(f"unknown loop {name!r}")
+
+
+def import_qloop_variant(name):
+    """The qloop module of variant `name` (QLOOP_VARIANTS), set up; raises
+    when the build found is not that variant."""
+    if name == "qloop-nodiag":
+        path = os.environ.get(NODIAG_PATH_ENV)
+        if not path:
+            raise RuntimeError(f"{NODIAG_PATH_ENV} is not set (perf/diag.py "
+                               "builds the build without diagnostics)")
+        if "qloop" in sys.modules:
+            raise RuntimeError("qloop is imported already")
+        sys.path.insert(0, path)
+    import qloop
+    has = getattr(qloop, "HAS_DIAGNOSTICS", None)
+    if has is None:
+        raise RuntimeError("this qloop has no HAS_DIAGNOSTICS: too old")
+    if has != (name == "qloop-diag"):
+        raise RuntimeError(f"the qloop found for {name} was built "
+                           f"{'with' if has else 'without'} diagnostics "
+                           f"({os.path.dirname(qloop.__file__)})")
+    if name == "qloop-diag":
+        qloop.diagnostics(watchdog=DIAG_ON_SECONDS,
+                          slow_callback=DIAG_ON_SECONDS)
+    return qloop
 
 
 def loop_description(name):
     """Version (and, for qloop, where it was imported from) of loop `name`."""
     if name == "asyncio":
         return f"CPython {platform.python_version()}"
+    if name in QLOOP_VARIANTS:
+        mod = import_qloop_variant(name) if "qloop" not in sys.modules \
+            else sys.modules["qloop"]
+        how = ("diagnostics compiled out" if name == "qloop-nodiag" else
+               f"watchdog and slow-callback reports at "
+               f"{DIAG_ON_SECONDS * 1e3:g} ms")
+        return loop_description("qloop").replace("qloop", name, 1) + \
+            f", {how}"
     mod = __import__(name)
     version = getattr(mod, "__version__", None)
     if version is None:
@@ -81,7 +124,8 @@ def child_env():
     a loop behaves (asyncio debug mode, dev mode) or add noise."""
     env = dict(os.environ)
     for var in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE", "PYTHONMALLOC",
-                "PYTHONTRACEMALLOC", "PYTHONPROFILEIMPORTTIME"):
+                "PYTHONTRACEMALLOC", "PYTHONPROFILEIMPORTTIME",
+                "QLOOP_WATCHDOG_MS", "QLOOP_SLOW_CALLBACK_MS"):
         env.pop(var, None)
     env["PYTHONHASHSEED"] = "0"
     return env
@@ -178,6 +222,12 @@ def fmt_rate(x):
 
 def fmt_ratio(x):
     return "n/a" if x is None else f"{x:.2f}x"
+
+
+def fmt_ratio_range(stats):
+    """A ratio's median and its range over the runs: 1.004 [0.991-1.012]."""
+    return (f"{stats['median']:.3f} [{stats['min']:.3f}-"
+            f"{stats['max']:.3f}]")
 
 
 def markdown_table(header, rows, align):

@@ -61,11 +61,15 @@ SUITES = {
     "memory": Suite("Memory per idle connection", [], [], 1800),  # ~8 s
     "footprint": Suite("Footprint: wheel, extension, import time",
                        [], [], 900),                           # ~5 s
+    # qloop against its build without diagnostics (which it builds) and
+    # with them on; its own loops, so no --loops
+    "diag": Suite("Diagnostics: their cost, same run", [], [], 1800),  # ~8 s
 }
 # The loops a row is normalised to in the chart, in order of preference.
 REFERENCES = ("uvloop", "libuv")
 # Column order of the tables (the C level compares with libuv).
-COLUMNS = ("asyncio", "libuv", "uvloop", "rloop", "qloop", "c_server")
+COLUMNS = ("asyncio", "libuv", "uvloop", "rloop", "qloop-nodiag", "qloop",
+           "qloop-diag", "c_server")
 README_BEGIN = "<!-- bench:begin (tools/bench --update-readme rewrites this section) -->"
 README_END = "<!-- bench:end -->"
 
@@ -103,7 +107,7 @@ def suite_args(name, args, benches):
         if benches:
             cmd += ["--only", ",".join(benches)]
         return cmd
-    if args.loops:
+    if args.loops and name != "diag":  # diag: qloop's builds, its own loops
         cmd += ["--loops", args.loops]
     if benches:
         cmd += ["--bench", ",".join(benches)]
@@ -252,6 +256,8 @@ def summary_markdown(summary):
                 c = r["loops"].get(l)
                 if c is None:
                     cells.append("")
+                elif c.get("stats") and r["unit"] == "x":  # a ratio row
+                    cells.append(_common.fmt_ratio_range(c["stats"]))
                 elif c.get("stats"):
                     cells.append(_common.fmt_value(c["stats"]["median"],
                                                    r["unit"]).rsplit(" ", 1)[0]

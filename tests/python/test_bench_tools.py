@@ -1,7 +1,8 @@
 """tools/bench's machinery works: the report from the suites' JSON (both
 the contract's shape and the older c_compare/py_micro shapes), the exit
 status when a suite's output is unusable, the README rewrite, wrk's output
-parsed, perf/http.py harmless as `http`, perf/memory.py end to end.
+parsed, perf/http.py harmless as `http`, perf/memory.py end to end, the
+diag suite's ratio rows in the report.
 
 These test the benchmarks' tools, not a loop's speed: no timing is asserted.
 """
@@ -89,6 +90,43 @@ def test_report_only(tmp_path):
     except ImportError:
         return
     assert (tmp_path / "chart.png").stat().st_size > 1000
+
+
+def diag_doc():
+    import diag
+    cells = {"qloop-nodiag": cell(100.0, 102.0), "qloop": cell(101.0, 100.0),
+             "qloop-diag": cell(104.0, 105.0)}
+    rows = [diag.value_row("echo_protocol_1k", "echo 1k", "cpu", "µs/req",
+                           "lower", cells)]
+    costs = {l: dict(enumerate(c["values"])) for l, c in cells.items()}
+    rows += diag.ratio_rows("echo_protocol_1k", "echo 1k", costs)
+    return {"suite": "diag", "meta": _common.machine_meta(0),
+            "loops": {l: l for l in cells}, "unavailable": {}, "rows": rows}
+
+
+def test_report_only_diag(tmp_path):
+    _common.write_json(str(tmp_path / "diag.json"), diag_doc())
+    r = run_report(tmp_path, "--only", "diag")
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "summary.md").read_text()
+    header = next(l for l in md.splitlines() if l.startswith("| benchmark"))
+    assert header.index("qloop-nodiag") < header.index("| qloop |") < \
+        header.index("qloop-diag")
+    # the ratio rows show their range: 101/100 and 100/102 -> [0.980-1.010]
+    assert "0.995 [0.980-1.010]" in md
+    assert "within noise" in md and "<= 1.03x" in md
+    rows = json.loads((tmp_path / "summary.json").read_text())[
+        "suites"]["diag"]["rows"]
+    assert [r["met"] for r in rows] == [None, True, False]
+
+
+def test_diag_suite_gets_no_loops_option():
+    class Args:
+        results, quick, loops = "/tmp/r", True, "qloop,uvloop"
+    cmd = bench.suite_args("diag", Args, ["call_soon"])
+    assert "--loops" not in cmd
+    assert cmd[-2:] == ["--bench", "call_soon"] and "--quick" in cmd
+    assert "diag" in bench.SUITES
 
 
 def test_unusable_json_fails(tmp_path):
