@@ -638,7 +638,9 @@ static PyObject *call_timer(LoopObject *self, PyObject *const *args,
                          "'%s' and 'callback'", fname, first);
         return NULL;
     }
-    if (parse_context(self, kwnames, args, nargs, fname, &context) < 0)
+    context = NULL;
+    if (kwnames &&
+        parse_context(self, kwnames, args, nargs, fname, &context) < 0)
         return NULL;
     if (args[0] == Py_None) {
         PyErr_SetString(PyExc_TypeError, relative ? "delay must not be None"
@@ -647,7 +649,8 @@ static PyObject *call_timer(LoopObject *self, PyObject *const *args,
     }
     if (closed_error(self) < 0)
         return NULL;
-    double when = PyFloat_AsDouble(args[0]);
+    double when = PyFloat_CheckExact(args[0]) ? PyFloat_AS_DOUBLE(args[0])
+                                              : PyFloat_AsDouble(args[0]);
     if (when == -1.0 && PyErr_Occurred())
         return NULL;
     /* asyncio's call_later checks inside call_at, under that name. */
