@@ -400,3 +400,44 @@ def test_no_growth_over_2000_cycles(qloop_loop):
     assert no_zombies()
     # 2,000 leaked transports would be several MiB; allow allocator noise.
     assert memory() - held < 2 * 1024 * 1024
+
+
+def _spawn_while_spinning(loop, n):
+    """n spawn+wait of /bin/true while a call_soon callback re-queues
+    itself, so the loop never blocks in poll: children's exits must be seen
+    by the zero-timeout polls."""
+    state = {"on": True, "spins": 0}
+
+    def spin():
+        state["spins"] += 1
+        if state["on"]:
+            loop.call_soon(spin)
+
+    async def main():
+        loop.call_soon(spin)
+        try:
+            rcs = []
+            for _ in range(n):
+                p = await asyncio.create_subprocess_exec("/bin/true",
+                                                         env=LIGHT_ENV)
+                rcs.append(await p.wait())
+            return rcs
+        finally:
+            state["on"] = False
+
+    rcs = loop.run_until_complete(asyncio.wait_for(main(), 60))
+    return rcs, state["spins"]
+
+
+def test_spawn_in_busy_loop(loop):
+    rcs, spins = _spawn_while_spinning(loop, 20)
+    assert rcs == [0] * 20
+    assert spins > 20  # the spinner ran between the spawns: never blocked
+    assert no_zombies()
+
+
+def test_spawn_in_busy_loop_reaping_modes(qloop_loop, reaping):
+    rcs, spins = _spawn_while_spinning(qloop_loop, 20)
+    assert rcs == [0] * 20
+    assert spins > 20
+    assert no_zombies()
