@@ -30,7 +30,8 @@ on every loop (asyncio.create_subprocess_exec and its Process/streams):
           writes them to stdin with drain(), another reads stdout with
           read(1 MiB) to EOF, checking the byte count; MiB per second
           (target >= 1.0x uvloop), and MiB per CPU second of the loop's
-          process (user + system; reported, no target).
+          process (user + system; reported, no target; the JSON row
+          also has the two apart, in ms per GiB).
 
 A loop that cannot run a benchmark is n/a with the reason.  Exit status 0
 when the suite ran, whatever the numbers.
@@ -40,6 +41,7 @@ import argparse
 import asyncio
 import gc
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -138,10 +140,11 @@ async def pipe(n, other_cpu):
                 return total
             total += len(data)
 
-    t0, c0, u0 = time.perf_counter(), time.process_time(), os.times()
+    t0, c0 = time.perf_counter(), time.process_time()
+    u0 = resource.getrusage(resource.RUSAGE_SELF)
     _, total = await asyncio.gather(write(), read())
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    u1 = os.times()
+    u1 = resource.getrusage(resource.RUSAGE_SELF)
     rc = await p.wait()
     if total != n * CHUNK or rc != 0:
         raise RuntimeError(f"cat echoed {total} of {n * CHUNK} bytes, "
@@ -149,7 +152,8 @@ async def pipe(n, other_cpu):
     # user and system CPU apart: the kernel's share is what the pipes (or
     # uvloop's socketpairs) cost, the user share what the loop does.
     return {"value": n / wall, "wall": wall, "cpu": cpu,
-            "cpu_user": u1.user - u0.user, "cpu_sys": u1.system - u0.system,
+            "cpu_user": u1.ru_utime - u0.ru_utime,
+            "cpu_sys": u1.ru_stime - u0.ru_stime,
             "per_cpu_s": n / cpu if cpu > 0 else None}
 
 
@@ -266,7 +270,12 @@ def build_doc(loops, benches, cells, descs, unavailable, meta, quick):
                 runs = cells[bench].get(loop, {}).get("runs", [])
                 per_cpu[loop] = {"values": [r["per_cpu_s"] for r in runs
                                             if r.get("per_cpu_s")],
-                                 "error": c["error"]}
+                                 "error": c["error"],
+                                 "extra": {
+                                     f"{k}_ms_per_gib": statistics.median(
+                                         r[f"cpu_{k}"] * 1024e3 / n
+                                         for r in runs) if runs else None
+                                     for k in ("user", "sys")}}
             rows.append(_common.make_row(
                 "pipe_cpu", f"1 MiB chunks through cat, {n} MiB, per CPU "
                 "second of the loop's process", "pipe_mib_per_cpu_s",
