@@ -6,7 +6,7 @@ as asyncio writes them so that behaviour and messages stay asyncio's.
 
 import socket
 import warnings
-from asyncio import base_events, constants, futures, trsock
+from asyncio import base_events, constants, futures, transports, trsock
 from asyncio.log import logger
 
 from . import _qloop
@@ -15,6 +15,58 @@ __all__ = ("StreamTransport",)
 
 # Server._attach()/_detach() take the transport from 3.13 on.
 _SERVER_TAKES_TRANSPORT = base_events.Server._attach.__code__.co_argcount == 2
+
+# BaseTransport's `_extra` slot (the C struct's first field), read and
+# written past the `_extra` property below.
+_raw_extra_get = transports.BaseTransport._extra.__get__
+_raw_extra_set = transports.BaseTransport._extra.__set__
+
+# The connections a server accepts share their local address, and often
+# (behind a proxy) their peer's host: equal values are kept once, in these
+# small caches, instead of once per connection.  Only the accept path uses
+# them (a client's local address differs per connection).
+_SHARED_MAX = 64
+_socknames = {}
+_peer_hosts = {}
+
+
+def _shared(cache, value):
+    if len(cache) >= _SHARED_MAX:
+        cache.clear()
+    try:
+        return cache.setdefault(value, value)
+    except TypeError:  # unhashable: not an address family we know
+        return value
+
+
+def _shared_peername(peername):
+    if type(peername) is not tuple or not peername:
+        return peername
+    host = peername[0]
+    shared = _shared(_peer_hosts, host)
+    if shared is host:
+        return peername
+    return (shared,) + peername[1:]
+
+
+# The compact form of _extra (see StreamTransport.__init__): the tuple
+# (sockname, mode, closed socket or None, *peer).  mode: _PEER_FIRST when
+# the caller's extra had the peername (the accept path: asyncio's dict
+# then has that key first); _PEER_SPREAD when peer holds the items of the
+# peername tuple (one tuple less per connection) rather than the peername.
+_PEER_FIRST = 1
+_PEER_SPREAD = 2
+
+
+def _compact_extra(sockname, peername, peer_first):
+    mode = _PEER_FIRST if peer_first else 0
+    if type(peername) is tuple:
+        return (sockname, mode | _PEER_SPREAD, None) + peername
+    return (sockname, mode, None, peername)
+
+
+def _compact_peername(extra):
+    return extra[3:] if extra[1] & _PEER_SPREAD else extra[3]
 
 
 class StreamTransport(_qloop.StreamTransport):
@@ -26,17 +78,34 @@ class StreamTransport(_qloop.StreamTransport):
 
     def __init__(self, loop, sock, protocol, waiter=None,
                  extra=None, server=None):
-        self._extra = {} if extra is None else extra
-        self._extra['socket'] = trsock.TransportSocket(sock)
+        # asyncio's _extra: {'socket': TransportSocket(sock), 'sockname':
+        # ..., 'peername': ...} over the caller's extra.  Until someone
+        # reads it as a dict (or asks for 'socket'), the slot holds the
+        # same values as one tuple (_compact_extra) instead: an idle
+        # connection then holds no dict and no socket wrapper.
         try:
-            self._extra['sockname'] = sock.getsockname()
+            sockname = sock.getsockname()
         except OSError:
-            self._extra['sockname'] = None
-        if 'peername' not in self._extra:
+            sockname = None
+        if extra is None:
             try:
-                self._extra['peername'] = sock.getpeername()
+                peername = sock.getpeername()
             except socket.error:
-                self._extra['peername'] = None
+                peername = None
+            _raw_extra_set(self, _compact_extra(sockname, peername, False))
+        elif len(extra) == 1 and 'peername' in extra:  # the accept path
+            _raw_extra_set(self, _compact_extra(
+                _shared(_socknames, sockname),
+                _shared_peername(extra['peername']), True))
+        else:
+            extra['socket'] = trsock.TransportSocket(sock)
+            extra['sockname'] = sockname
+            if 'peername' not in extra:
+                try:
+                    extra['peername'] = sock.getpeername()
+                except socket.error:
+                    extra['peername'] = None
+            _raw_extra_set(self, extra)
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._attach(loop)
@@ -58,6 +127,44 @@ class StreamTransport(_qloop.StreamTransport):
         if waiter is not None:
             # Wake the waiter only once connection_made() has been called.
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    # -- extra info: asyncio's dict, made on first use -------------------
+
+    @property
+    def _extra(self):
+        extra = _raw_extra_get(self)
+        if type(extra) is tuple:
+            sockname, mode, sock = extra[:3]
+            peername = _compact_peername(extra)
+            if sock is None:
+                sock = self._sock
+            # The key order of asyncio's dict.
+            if mode & _PEER_FIRST:
+                extra = {'peername': peername}
+            else:
+                extra = {}
+            extra['socket'] = trsock.TransportSocket(sock)
+            extra['sockname'] = sockname
+            extra['peername'] = peername
+            _raw_extra_set(self, extra)
+        return extra
+
+    @_extra.setter
+    def _extra(self, value):
+        _raw_extra_set(self, value)
+
+    def get_extra_info(self, name, default=None):
+        """Get optional transport information."""
+        extra = _raw_extra_get(self)
+        if type(extra) is tuple:
+            if name == 'peername':
+                return _compact_peername(extra)
+            if name == 'sockname':
+                return extra[0]
+            if name != 'socket':
+                return default
+            extra = self._extra
+        return extra.get(name, default)
 
     def __repr__(self):
         info = [self.__class__.__name__]
@@ -134,6 +241,10 @@ class StreamTransport(_qloop.StreamTransport):
                 self._protocol.connection_lost(exc)
         finally:
             self._detach()
+            extra = _raw_extra_get(self)
+            if type(extra) is tuple:
+                # get_extra_info('socket') stays the closed socket's wrapper.
+                _raw_extra_set(self, extra[:2] + (self._sock,) + extra[3:])
             self._sock.close()
             self._sock = None
             self._protocol = None
