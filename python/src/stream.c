@@ -10,9 +10,10 @@
  * isinstance(transport, _FlowControlMixin)).  asyncio.BaseTransport has
  * `__slots__ = ('_extra',)`, the classes up to Transport add nothing and
  * _FlowControlMixin adds four slots, so such an instance is a PyObject
- * header and five pointers.  Our struct starts with those same five, so
- * the base's `_extra` descriptor reads our field; the module checks the
- * base's size when it creates the type.
+ * header and five pointers.  Our struct starts with five pointers at
+ * those places, so the base's `_extra` descriptor reads our field (the
+ * other four are ours: see StreamObject); the module checks the base's
+ * size when it creates the type.
  *
  * The fd: the transport owns its ql_io.  While the fd is watched the loop
  * holds a reference to the transport in loop->streams (asyncio's selector
@@ -99,16 +100,21 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *extra; /* asyncio.BaseTransport's `_extra` slot: first */
-    /* _FlowControlMixin's slots (_loop, _protocol_paused, _high_water,
-     * _low_water): there for the layout only; our own descriptors of
-     * those names, on our type, shadow the base's. */
-    PyObject *fc_slots[4];
-    PyObject *weakreflist;
-    LoopObject *loop; /* NULL once `_loop = None` (connection lost) */
+    /* Where _FlowControlMixin's four slots lie (_loop, _protocol_paused,
+     * _high_water, _low_water).  Our own descriptors of those names, on
+     * our type, shadow the base's, so nothing reads that storage as the
+     * base's: it holds four of our references instead of four NULLs (32
+     * bytes less per connection).  Our traverse and clear handle them;
+     * the base's slots are never traversed or cleared (a type's slots
+     * are, by subtype_traverse/subtype_dealloc, only down to the first
+     * base with a tp_traverse/tp_dealloc of its own: ours). */
     PyObject *sock;
     PyObject *protocol;
     PyObject *server;
     PyObject *empty_waiter;
+    /* The base's layout ends here (checked in qloop_stream_exec). */
+    PyObject *weakreflist;
+    LoopObject *loop; /* NULL once `_loop = None` (connection lost) */
     PyObject *context; /* protocol callbacks run in it, as a handle's would */
     wentry *wq;        /* write queue: entries [wq_head, wq_tail) */
     Py_ssize_t wq_head, wq_tail, wq_cap;
@@ -1350,8 +1356,6 @@ static int stream_traverse(StreamObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->extra);
-    for (int i = 0; i < 4; i++)
-        Py_VISIT(self->fc_slots[i]);
     Py_VISIT(self->loop);
     Py_VISIT(self->sock);
     Py_VISIT(self->protocol);
@@ -1368,8 +1372,6 @@ static int stream_clear(StreamObject *self)
         stop_watch(self);
     wq_free(self);
     Py_CLEAR(self->extra);
-    for (int i = 0; i < 4; i++)
-        Py_CLEAR(self->fc_slots[i]);
     Py_CLEAR(self->loop);
     Py_CLEAR(self->sock);
     Py_CLEAR(self->protocol);
