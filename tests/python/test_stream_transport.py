@@ -254,6 +254,112 @@ def test_many_queued_writes_keep_order(loop):
     assert loop.run_until_complete(main())
 
 
+class LineServer(asyncio.Protocol):
+    """Answers every complete line from inside data_received, as an HTTP
+    keep-alive server does; b"close" is answered and then closes."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.pending = b""
+
+    def data_received(self, data):
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        for line in lines:
+            self.transport.write(b"R:" + line + b"\n")
+            if line == b"close":
+                self.transport.close()
+                return
+
+
+def test_many_connections_answer_from_data_received(loop):
+    """Tens of connections ready at once, each answered from inside
+    data_received (one write per request, some pipelined): every answer
+    arrives whole and in order, and close() right after the last write
+    still delivers it before EOF."""
+    nconn, rounds = 60, 25
+
+    async def client(port, c):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        got, expected = bytearray(), bytearray()
+        for r in range(rounds):
+            # Every third round pipelines three requests in one send.
+            reqs = [b"c%d-r%d-%d" % (c, r, i)
+                    for i in range(3 if r % 3 == 0 else 1)]
+            await loop.sock_sendall(sock, b"".join(q + b"\n" for q in reqs))
+            want = b"".join(b"R:" + q + b"\n" for q in reqs)
+            expected += want
+            while len(got) < len(expected):
+                chunk = await loop.sock_recv(sock, 65536)
+                assert chunk, "EOF before every answer"
+                got += chunk
+        await loop.sock_sendall(sock, b"close\n")
+        expected += b"R:close\n"
+        while True:
+            chunk = await loop.sock_recv(sock, 65536)
+            if not chunk:
+                break
+            got += chunk
+        sock.close()
+        return bytes(got) == bytes(expected)
+
+    async def main():
+        server = await loop.create_server(LineServer, "127.0.0.1", 0,
+                                          backlog=nconn)
+        port = server.sockets[0].getsockname()[1]
+        oks = await asyncio.wait_for(
+            asyncio.gather(*(client(port, c) for c in range(nconn))), 30)
+        server.close()
+        await server.wait_closed()
+        return oks
+
+    assert loop.run_until_complete(main()) == [True] * nconn
+
+
+def test_write_order_across_iterations(loop):
+    """Writes spread over many loop iterations, some while the queue holds
+    a partial send and some after it drained, leave in the order they were
+    made (a write with an empty queue sends at once; one with a queue must
+    not overtake it)."""
+    async def main():
+        tr, proto, peer = await connected_pair(loop)
+        tr.set_write_buffer_limits(high=1 << 30)
+        tr.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        expected, got = bytearray(), bytearray()
+
+        async def drain_some(n):
+            while len(got) < n:
+                got.extend(await loop.sock_recv(peer, 1 << 16))
+
+        for step in range(40):
+            if step % 4 == 0:
+                big = bytes([65 + step % 26]) * (256 * 1024)
+                tr.write(big)  # leaves most of it queued
+                expected += big
+            piece = b"<%d>" % step
+            if step % 5 == 0:
+                tr.writelines([piece, bytearray(b"|"), memoryview(b"~")])
+                piece += b"|~"
+            else:
+                tr.write(piece)
+            expected += piece
+            await asyncio.sleep(0)
+            if step % 8 == 7:
+                # Let the queue drain completely now and then, so the
+                # next write finds it empty and sends at once.
+                await drain_some(len(expected))
+                assert tr.get_write_buffer_size() == 0
+        await drain_some(len(expected))
+        tr.close()
+        await proto.done
+        peer.close()
+        return bytes(got) == bytes(expected)
+
+    assert loop.run_until_complete(main())
+
+
 def test_writelines(loop):
     async def main():
         tr, proto, peer = await connected_pair(loop)
