@@ -343,9 +343,17 @@ def proc_cpu_seconds(pid):
         pass
     if found:
         return total / 1e9
+    return sum(proc_user_system_seconds(pid))
+
+
+def proc_user_system_seconds(pid):
+    """(user, system) CPU seconds a process has used so far, all threads,
+    from the clock-tick counters of /proc/PID/stat (the split the
+    scheduler's nanosecond counters do not give)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
 def rss_bytes(pid="self"):

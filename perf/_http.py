@@ -24,6 +24,12 @@ every run: requests/s and the p50/p99 latency wrk reports, and the CPU time
 by the requests completed.  On a 2-core machine wrk itself can be the
 bottleneck, so that the requests/s of a fast server mostly measure wrk:
 server CPU per request is the figure that compares the loops.
+
+The user-space part of that CPU (the clock-tick user time over the run,
+per request) is reported too: over loopback most of a server's CPU is the
+kernel's (send() also runs the receive path of wrk's socket, in softirq,
+on the server's CPU), the same for every loop, and that bounds how far
+apart the loops' totals can be.
 """
 
 import argparse
@@ -199,10 +205,12 @@ def run_wrk(proc, port, duration, connections, cpu):
     if proc.poll() is not None:
         raise RuntimeError(f"server exited with status {proc.returncode}")
     cpu0 = _common.proc_cpu_seconds(proc.pid)
+    user0, _ = _common.proc_user_system_seconds(proc.pid)
     r = subprocess.run(wrk_cmd(port, duration, connections, cpu),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, timeout=duration + 30)
     cpu1 = _common.proc_cpu_seconds(proc.pid)
+    user1, _ = _common.proc_user_system_seconds(proc.pid)
     if proc.poll() is not None:
         raise RuntimeError(f"server exited with status {proc.returncode}")
     res = parse_wrk(r.stdout)
@@ -214,6 +222,7 @@ def run_wrk(proc, port, duration, connections, cpu):
         raise RuntimeError(res["errors"])
     res["server_cpu_s"] = cpu1 - cpu0
     res["cpu_us_per_req"] = (cpu1 - cpu0) / res["requests"] * 1e6
+    res["user_us_per_req"] = (user1 - user0) / res["requests"] * 1e6
     return res
 
 
@@ -297,6 +306,11 @@ def rows_of(kind, cells, unavailable):
         _common.make_row(f"{kind}_cpu", f"{label}: server CPU per request",
                          "server_cpu_us_per_req", "µs/req", "lower", cpu,
                          ("<=", 0.85) if kind == "httptools" else None),
+        _common.make_row(f"{kind}_user_cpu",
+                         f"{label}: server user-space CPU per request "
+                         "(the rest is the kernel's)",
+                         "server_user_us_per_req", "µs/req", "lower",
+                         pick("user_us_per_req")),
         _common.make_row(f"{kind}_rps", f"{label}: requests/s (wrk)",
                          "requests_per_s", "req/s", "higher", pick("rps")),
         _common.make_row(f"{kind}_p50", f"{label}: latency p50 (wrk)",

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -203,3 +204,18 @@ def test_memory_suite_end_to_end(tmp_path):
         run = c["extra"]["runs"][0]
         assert run["rss_after"] > 0 and run["rss_base"] > 0
     assert "server RSS per idle TCP connection" in r.stdout
+
+
+def test_proc_user_system_seconds_split():
+    # Busy user-space work shows as user time, and the split adds up to
+    # about what proc_cpu_seconds reports (ticks against nanoseconds).
+    u0, s0 = _common.proc_user_system_seconds(os.getpid())
+    c0 = _common.proc_cpu_seconds(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # a system call: seldom
+        sum(range(200000))
+    u1, s1 = _common.proc_user_system_seconds(os.getpid())
+    c1 = _common.proc_cpu_seconds(os.getpid())
+    assert u1 - u0 >= 0.15
+    assert s1 >= s0
+    assert (u1 - u0) + (s1 - s0) == pytest.approx(c1 - c0, abs=0.1)
