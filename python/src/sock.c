@@ -171,6 +171,7 @@ typedef struct {
     LoopObject *loop;
     PyObject *args[3]; /* sock and the method's arguments */
     PyObject *inner;   /* the awaited iterator while RESOLVING/WAITING */
+    int fd;            /* the fd a direct call was made on, else -1 */
     unsigned char op;
     unsigned char state;
     char running;
@@ -475,18 +476,23 @@ char qloop_read_buf[QLOOP_READ_BUF_SIZE];
  * its method: a plain socket.socket (not a subclass, not a mock), open and
  * non-blocking (gettimeout() is 0.0), so that the call is exactly the one
  * socket.recv/socket.send would make.  -1 when the method must be called,
- * -2 with an exception. */
-static int direct_fd(qloop_state *st, PyObject *sock)
+ * -2 with an exception.  The waiter passes `ready`: the fd is ready, so a
+ * timeout set since the wait began would not make the call block, and
+ * only the fd is looked at. */
+static int direct_fd(qloop_state *st, PyObject *sock, int ready)
 {
     if ((PyObject *)Py_TYPE(sock) != IMPORTED(st, I_SOCKET))
         return -1;
-    PyObject *t = qloop_call_method0(NAME(st, N_GETTIMEOUT), sock);
-    if (!t)
-        return -2;
-    int nonblocking = PyFloat_CheckExact(t) && PyFloat_AS_DOUBLE(t) == 0.0;
-    Py_DECREF(t);
-    if (!nonblocking)
-        return -1;
+    if (!ready) {
+        PyObject *t = qloop_call_method0(NAME(st, N_GETTIMEOUT), sock);
+        if (!t)
+            return -2;
+        int nonblocking =
+            PyFloat_CheckExact(t) && PyFloat_AS_DOUBLE(t) == 0.0;
+        Py_DECREF(t);
+        if (!nonblocking)
+            return -1;
+    }
     PyObject *f = qloop_call_method0(NAME(st, N_FILENO), sock);
     if (!f)
         return -2;
@@ -565,10 +571,12 @@ static int direct_data(PyObject *data)
 }
 
 /* sock.recv(n): directly when we may; NULL without an exception when it
- * would block (directly) -- through the method, BlockingIOError. */
-static PyObject *try_recv(qloop_state *st, PyObject *sock, PyObject *n)
+ * would block (directly) -- through the method, BlockingIOError.  *fdp:
+ * the fd when the call was made directly, -1 otherwise. */
+static PyObject *try_recv(qloop_state *st, PyObject *sock, PyObject *n,
+                          int ready, int *fdp)
 {
-    int fd = direct_fd(st, sock);
+    int fd = *fdp = direct_fd(st, sock, ready);
     if (fd == -2)
         return NULL;
     if (fd >= 0) {
@@ -576,6 +584,7 @@ static PyObject *try_recv(qloop_state *st, PyObject *sock, PyObject *n)
         PyObject *res = direct_recv(fd, n, &handled);
         if (handled)
             return res;
+        *fdp = -1;
     }
     return qloop_call_method1(NAME(st, N_RECV), sock, n);
 }
@@ -611,8 +620,10 @@ static PyObject *try_read(qloop_state *st, int op, PyObject *sock,
                           PyObject *arg1, PyObject *arg2)
 {
     switch (op) {
-    case OP_RECV:
-        return try_recv(st, sock, arg1);
+    case OP_RECV: {
+        int fd;
+        return try_recv(st, sock, arg1, 1, &fd);
+    }
     case OP_ACCEPT:
         return accept_once(st, sock);
     case OP_RECVFROM_INTO:
@@ -709,7 +720,7 @@ static PyObject *waiter_send_more(SockWaiterObject *w)
     Py_ssize_t n;
     /* A view over a bytes or a bytearray: bytes and items are one. */
     int fd = direct_data(PyMemoryView_GET_BASE(w->arg1))
-                 ? direct_fd(st, w->sock)
+                 ? direct_fd(st, w->sock, 1)
                  : -1;
     if (fd == -2)
         return NULL;
@@ -937,10 +948,13 @@ static PySendResult coro_wait(SockCoroutineObject *c, PyObject *arg1,
     PyObject *fut = create_future(loop);
     if (!fut)
         return PYGEN_ERROR;
-    fdobj = qloop_call_method0(NAME(st, N_FILENO), sock);
+    /* sock.fileno(): a direct call just made knows it (a plain
+     * socket.socket's fileno() is its own). */
+    fdobj = c->fd >= 0 ? PyLong_FromLong(c->fd)
+                       : qloop_call_method0(NAME(st, N_FILENO), sock);
     if (!fdobj || ensure_fd_no_transport(loop, fdobj) < 0)
         goto fail;
-    int fd = fd_from_fileno(fdobj);
+    int fd = c->fd >= 0 ? c->fd : fd_from_fileno(fdobj);
     if (fd < 0)
         goto fail;
     w = waiter_new(loop, c->op, fut, sock, arg1, arg2);
@@ -1096,7 +1110,7 @@ static PySendResult coro_start(SockCoroutineObject *c, PyObject **result)
     }
     case OP_SENDALL: {
         Py_ssize_t n = 0;
-        int fd = direct_data(c->args[1]) ? direct_fd(st, sock) : -1;
+        int fd = direct_data(c->args[1]) ? direct_fd(st, sock, 0) : -1;
         if (fd == -2)
             return PYGEN_ERROR;
         if (fd >= 0) {
@@ -1107,6 +1121,7 @@ static PySendResult coro_start(SockCoroutineObject *c, PyObject **result)
             PyBuffer_Release(&b);
             if (rc < 0)
                 return PYGEN_ERROR;
+            c->fd = fd;
             if (rc == 1)
                 n = 0;
             res = NULL;
@@ -1158,7 +1173,10 @@ static PySendResult coro_start(SockCoroutineObject *c, PyObject **result)
     }
         /* fall through */
     default:
-        res = try_read(st, c->op, sock, c->args[1], c->args[2]);
+        if (c->op == OP_RECV)
+            res = try_recv(st, sock, c->args[1], 0, &c->fd);
+        else
+            res = try_read(st, c->op, sock, c->args[1], c->args[2]);
         if (!res && (!PyErr_Occurred() || would_block())) {
             PyErr_Clear();
             return coro_wait(c, c->args[1], c->args[2], 0, result);
@@ -1615,6 +1633,7 @@ static PyObject *sock_method(LoopObject *loop, int op, PyObject *const *args,
     for (int i = 0; i < 3; i++)
         c->args[i] = Py_XNewRef(argv[i]);
     c->inner = NULL;
+    c->fd = -1;
     c->op = (unsigned char)op;
     c->state = CORO_CREATED;
     c->running = 0;
