@@ -30,7 +30,9 @@
  * into a buffer shared by every transport (the GIL is held from recv until
  * the bytes are made), copied into an exactly-sized bytes; after a read
  * that filled it, reads go straight into a bytes of max_size, handed over
- * without a copy while reads keep filling it.  A
+ * without a copy while reads keep filling it; after a read of 32 KiB or
+ * more, FIONREAD sizes a bytes that the next read goes into, also without
+ * a copy (a memcpy of that size costs more than the ioctl).  A
  * BufferedProtocol is read into its get_buffer() without a copy.
  *
  * Writing: with nothing queued, write() sends at once.  What is left is
@@ -43,6 +45,7 @@
 #include <limits.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -53,6 +56,10 @@
 #endif
 #define STREAM_IOV_BATCH (IOV_MAX < 1024 ? IOV_MAX : 1024)
 #define STREAM_MAX_READ (256 * 1024) /* asyncio's max_size */
+/* From this size on, a read goes straight into an exactly-sized bytes
+ * (FIONREAD tells the size): the ioctl costs less than copying that much
+ * out of the shared buffer. */
+#define STREAM_DIRECT_READ (32 * 1024)
 /* asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES */
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 
@@ -129,6 +136,7 @@ typedef struct {
     char closing, paused, eof, protocol_paused, protocol_connected;
     char buffered; /* the protocol is an asyncio.BufferedProtocol */
     char big_reads;
+    char direct_reads; /* the last read was at least STREAM_DIRECT_READ */
 } StreamObject;
 
 #define SNAME(st, n) PyTuple_GET_ITEM((st)->stream_names, (n))
@@ -593,6 +601,7 @@ static int read_data(StreamObject *self)
              * the block never returns through free(), which is what raises
              * glibc's mmap threshold (page faults on every later read). */
             self->big_reads = 0;
+            self->direct_reads = n >= STREAM_DIRECT_READ;
             PyObject *whole = data;
             data = n > 0 ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(whole),
                                                      n)
@@ -603,18 +612,50 @@ static int read_data(StreamObject *self)
         }
         errno = err;
     } else {
-        do
-            n = recv(self->sock_fd, read_buf, STREAM_MAX_READ, 0);
-        while (n < 0 && errno == EINTR);
-        if (n > 0) {
-            int err = errno;
-            if (n == STREAM_MAX_READ)
-                self->big_reads = 1;
-            data = PyBytes_FromStringAndSize(read_buf, n);
+        int avail = 0;
+        if (self->direct_reads &&
+            (ioctl(self->sock_fd, FIONREAD, &avail) < 0 ||
+             avail < STREAM_DIRECT_READ)) {
+            self->direct_reads = 0;
+            avail = 0;
+        }
+        if (avail) {
+            /* What is queued, straight into a bytes of its size. */
+            Py_ssize_t want = avail < STREAM_MAX_READ ? avail : STREAM_MAX_READ;
+            data = PyBytes_FromStringAndSize(NULL, want);
             if (!data)
                 return -1;
-            errno = err;
+            do
+                n = recv(self->sock_fd, PyBytes_AS_STRING(data), want, 0);
+            while (n < 0 && errno == EINTR);
+            if (n != want) {
+                /* Less than FIONREAD said (it cannot be more): rare. */
+                int err = errno;
+                PyObject *whole = data;
+                data = n > 0 ? PyBytes_FromStringAndSize(
+                                   PyBytes_AS_STRING(whole), n)
+                             : NULL;
+                Py_DECREF(whole);
+                if (n > 0 && !data)
+                    return -1;
+                errno = err;
+            }
+        } else {
+            do
+                n = recv(self->sock_fd, read_buf, STREAM_MAX_READ, 0);
+            while (n < 0 && errno == EINTR);
+            if (n > 0) {
+                int err = errno;
+                data = PyBytes_FromStringAndSize(read_buf, n);
+                if (!data)
+                    return -1;
+                errno = err;
+            }
         }
+        if (n == STREAM_MAX_READ)
+            self->big_reads = 1;
+        else if (n >= STREAM_DIRECT_READ)
+            self->direct_reads = 1;
     }
     if (n < 0) {
         if (would_block(errno))

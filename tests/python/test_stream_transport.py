@@ -565,6 +565,51 @@ def test_data_received_error_is_fatal(loop):
                                     "call failed.")
 
 
+def test_reads_of_every_size_lose_nothing(loop):
+    """Reads switch between the shared buffer, FIONREAD-sized bytes (after
+    a read of 32 KiB or more) and max_size bytes (after a full read):
+    whatever the sizes in turn, paused reading and EOF in any of those
+    modes, every byte arrives once, in order, in exactly-sized bytes."""
+    sizes = [100, 100 * 1024, 40 * 1024, 10, 300 * 1024, 64 * 1024, 1,
+             256 * 1024, 5, 200 * 1024, 33 * 1024]
+
+    async def main():
+        tr, proto, peer = await connected_pair(loop)
+        chunks = []
+        data_received = proto.data_received
+
+        def record(data):
+            chunks.append(len(data))
+            data_received(data)
+
+        proto.data_received = record
+        sent = bytearray()
+        for i, size in enumerate(sizes):
+            msg = bytes((i * 7 + j) % 251 for j in range(256)) * (size // 256)
+            msg += b"x" * (size - len(msg))
+            if i % 3 == 2:
+                tr.pause_reading()
+            await loop.sock_sendall(peer, msg)
+            sent += msg
+            if i % 3 == 2:
+                await asyncio.sleep(0.02)
+                assert len(proto.data) == len(sent) - len(msg)
+                tr.resume_reading()
+            while len(proto.data) < len(sent):
+                await asyncio.sleep(0.001)
+        tail = b"y" * (50 * 1024)
+        await loop.sock_sendall(peer, tail)
+        sent += tail
+        peer.shutdown(socket.SHUT_WR)
+        await proto.done
+        peer.close()
+        assert bytes(proto.data) == bytes(sent)
+        assert proto.events == ["made", "eof", "lost"]
+        assert sum(chunks) == len(sent) and 0 not in chunks
+
+    loop.run_until_complete(main())
+
+
 def test_half_close_keeps_writing(loop):
     async def main():
         proto = Recorder()
