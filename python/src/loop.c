@@ -2,8 +2,8 @@
  * CLoop: the C base class of qloop.Loop.
  *
  * It owns the reactor and implements what is hot: call_soon,
- * call_soon_threadsafe, call_later, call_at, time, stop, the run loop
- * itself (_run), and the fd watchers behind add_reader/add_writer
+ * call_soon_threadsafe, call_later, call_at, time, stop, create_future
+ * and get_debug (sock.c), the run loop itself (_run), and the fd watchers behind add_reader/add_writer
  * (_add_reader, _remove_reader, _add_writer, _remove_writer).  Everything
  * else comes from asyncio's own Python classes, layered in qloop/_loop.py.
  *
@@ -1155,6 +1155,9 @@ static PyMethodDef loop_methods[] = {
     {"_run", (PyCFunction)loop__run, METH_NOARGS, NULL},
     {"_close_reactor", (PyCFunction)loop__close_reactor, METH_NOARGS, NULL},
     {"_set_c_debug", (PyCFunction)loop__set_c_debug, METH_O, NULL},
+    {"get_debug", (PyCFunction)qloop_loop_get_debug, METH_NOARGS, NULL},
+    {"create_future", (PyCFunction)qloop_loop_create_future, METH_NOARGS,
+     NULL},
     {"_stats", (PyCFunction)loop__stats, METH_NOARGS, NULL},
     {"stats", (PyCFunction)qloop_loop_stats, METH_NOARGS, NULL},
     {"_diag_configure", (PyCFunction)(void (*)(void))qloop_loop__diag_configure,

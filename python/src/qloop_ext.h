@@ -214,6 +214,9 @@ void qloop_report_callback_error(LoopObject *loop, HandleObject *h,
  * returning coroutines; the SockCoroutine and SockWaiter types. */
 PyObject *qloop_sock_recv(LoopObject *self, PyObject *const *args,
                           Py_ssize_t nargsf, PyObject *kwnames);
+/* sock.c also has CLoop.create_future and CLoop.get_debug (METH_NOARGS). */
+PyObject *qloop_loop_create_future(LoopObject *loop, PyObject *unused);
+PyObject *qloop_loop_get_debug(LoopObject *loop, PyObject *unused);
 PyObject *qloop_sock_recv_into(LoopObject *self, PyObject *const *args,
                                Py_ssize_t nargsf, PyObject *kwnames);
 PyObject *qloop_sock_recvfrom(LoopObject *self, PyObject *const *args,

@@ -78,6 +78,7 @@ enum sock_name {
     N_CLOSE,
     N_TRANSPORTS,
     N_DATA,
+    N_DEBUG,
     N_COUNT
 };
 
@@ -96,6 +97,7 @@ static const char *const name_strings[N_COUNT] = {
     "add_done_callback", "remove_done_callback",
     "throw",         "close",
     "_transports",   "data",
+    "_debug",
 };
 
 #define NAME(st, n) PyTuple_GET_ITEM((st)->sock_names, (n))
@@ -106,7 +108,6 @@ enum sock_import {
     I_SOCKET,                  /* socket.socket */
     I_SSL_SOCKET,              /* ssl.SSLSocket, None without ssl */
     I_FUTURE,                  /* asyncio.futures.Future */
-    I_CREATE_FUTURE,           /* BaseEventLoop.create_future */
     I_ENSURE_FD_NO_TRANSPORT,  /* BaseSelectorEventLoop._ensure_fd_... */
     I_WEAK_VALUE_DICTIONARY,   /* weakref.WeakValueDictionary */
     I_LOOP_KWNAMES,            /* ("loop",) */
@@ -117,8 +118,6 @@ static const char *const import_paths[I_COUNT][3] = {
     [I_SOCKET] = {"socket", "socket"},
     [I_SSL_SOCKET] = {"ssl", "SSLSocket"},
     [I_FUTURE] = {"asyncio.futures", "Future"},
-    [I_CREATE_FUTURE] = {"asyncio.base_events", "BaseEventLoop",
-                         "create_future"},
     [I_ENSURE_FD_NO_TRANSPORT] = {"asyncio.selector_events",
                                   "BaseSelectorEventLoop",
                                   "_ensure_fd_no_transport"},
@@ -366,24 +365,43 @@ static int is_asyncio_method(LoopObject *loop, PyObject *name, PyObject *func,
            PyMethod_GET_SELF(*meth) == (PyObject *)loop;
 }
 
-/* self.create_future(); asyncio's is `futures.Future(loop=self)`, called
- * here without its Python frame. */
+/* CLoop.create_future(): asyncio's `futures.Future(loop=self)` without
+ * its Python frame (every await of a stream or a sleep makes one). */
+PyObject *qloop_loop_create_future(LoopObject *loop, PyObject *Py_UNUSED(x))
+{
+    qloop_state *st = loop->st;
+    if (!st->sock_imports && load_imports(st) < 0)
+        return NULL;
+    PyObject *argv[2] = {NULL, (PyObject *)loop};
+    return PyObject_Vectorcall(IMPORTED(st, I_FUTURE), argv + 1,
+                               PY_VECTORCALL_ARGUMENTS_OFFSET,
+                               IMPORTED(st, I_LOOP_KWNAMES));
+}
+
+/* CLoop.get_debug(): asyncio's `return self._debug` without its Python
+ * frame (a Future asks for it when it is made). */
+PyObject *qloop_loop_get_debug(LoopObject *loop, PyObject *Py_UNUSED(x))
+{
+    return PyObject_GetAttr((PyObject *)loop, NAME(loop->st, N_DEBUG));
+}
+
+/* self.create_future(), ours unless a subclass or the instance replaced
+ * it. */
 static PyObject *create_future(LoopObject *loop)
 {
     qloop_state *st = loop->st;
-    PyObject *meth, *fut;
-    int own = is_asyncio_method(loop, NAME(st, N_CREATE_FUTURE),
-                                IMPORTED(st, I_CREATE_FUTURE), &meth);
-    if (own < 0)
+    PyObject *meth = PyObject_GetAttr((PyObject *)loop,
+                                      NAME(st, N_CREATE_FUTURE));
+    if (!meth)
         return NULL;
-    if (own) {
-        PyObject *argv[2] = {NULL, (PyObject *)loop};
-        fut = PyObject_Vectorcall(IMPORTED(st, I_FUTURE), argv + 1,
-                                  PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                  IMPORTED(st, I_LOOP_KWNAMES));
-    } else {
+    PyObject *fut;
+    if (PyCFunction_Check(meth) &&
+        PyCFunction_GET_FUNCTION(meth) ==
+            (PyCFunction)qloop_loop_create_future &&
+        PyCFunction_GET_SELF(meth) == (PyObject *)loop)
+        fut = qloop_loop_create_future(loop, NULL);
+    else
         fut = PyObject_CallNoArgs(meth);
-    }
     Py_DECREF(meth);
     return fut;
 }

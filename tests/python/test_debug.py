@@ -4,6 +4,7 @@ coroutine origin tracking, the debug-only checks."""
 import asyncio
 import logging
 import re
+import socket
 import sys
 import threading
 import time
@@ -34,6 +35,56 @@ def test_set_get_debug(loop):
     assert loop.get_debug() is True
     loop.set_debug(False)
     assert loop.get_debug() is False
+
+
+def test_get_debug_is_the_debug_attribute(loop):
+    """get_debug() returns self._debug, whatever set it and whatever it is
+    (asyncio's is `return self._debug`)."""
+    marker = object()
+    loop._debug = marker
+    assert loop.get_debug() is marker
+    loop.set_debug(1)
+    assert loop.get_debug() == 1
+    loop.set_debug(False)
+
+
+def test_create_future_follows_debug_and_overrides(loop):
+    """create_future() is futures.Future(loop=self): a Future of this loop,
+    with a source traceback in debug mode only; a subclass's or an
+    instance's create_future replaces it, for the loop's own users too."""
+    fut = loop.create_future()
+    assert type(fut) is asyncio.Future
+    assert fut.get_loop() is loop and not fut.done()
+    assert fut._source_traceback is None
+    loop.set_debug(True)
+    assert loop.create_future()._source_traceback is not None
+    loop.set_debug(False)
+
+    class MyFuture(asyncio.Future):
+        pass
+
+    made = []
+
+    def create_future():
+        made.append(MyFuture(loop=loop))
+        return made[-1]
+
+    loop.create_future = create_future
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main():
+        slept = await asyncio.sleep(0.001, "slept")
+        assert len(made) == 1
+        loop.call_later(0.01, b.send, b"x")
+        return slept, await loop.sock_recv(a, 10)
+
+    try:
+        assert loop.run_until_complete(main()) == ("slept", b"x")
+    finally:
+        a.close()
+        b.close()
+    assert len(made) == 2 and all(type(f) is MyFuture for f in made)
 
 
 DEBUG_PROBE = """
