@@ -610,6 +610,40 @@ def test_reads_of_every_size_lose_nothing(loop):
     loop.run_until_complete(main())
 
 
+def test_streams_echo_with_small_limit_loses_nothing(loop):
+    """asyncio.start_server with limit=16 KiB: messages of up to 300 KiB
+    make StreamReader pause and resume the transport's reading over and
+    over (past 2 * limit) while reads are large; the echo is exact."""
+    sizes = [1, 100 * 1024, 300 * 1024, 33 * 1024, 10, 256 * 1024, 64 * 1024]
+
+    async def handle(reader, writer):
+        while True:
+            data = await reader.read(256 * 1024)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0,
+                                            limit=16 * 1024)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i, size in enumerate(sizes):
+            msg = bytes((i + j) % 253 for j in range(size))
+            writer.write(msg)
+            assert await reader.readexactly(size) == msg
+        writer.write_eof()
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
 def test_half_close_keeps_writing(loop):
     async def main():
         proto = Recorder()
