@@ -21,9 +21,10 @@ static inline void place(ql__timer_heap *heap, uint32_t k, ql__heap_slot s)
     s.timer->heap_index = k;
 }
 
-static void sift_up(ql__timer_heap *heap, uint32_t k)
+/* Sift from the hole at k: s moves up to its place, each parent it passes
+ * moves down one level; s and every moved slot are written once. */
+static void sift_up(ql__timer_heap *heap, uint32_t k, ql__heap_slot s)
 {
-    ql__heap_slot s = heap->slots[k];
     while (k > QL_HEAP0) {
         uint32_t p = HPARENT(k);
         if (!slot_before(&s, &heap->slots[p]))
@@ -34,9 +35,10 @@ static void sift_up(ql__timer_heap *heap, uint32_t k)
     place(heap, k, s);
 }
 
-static void sift_down(ql__timer_heap *heap, uint32_t k)
+/* The same downwards: the hole at k takes the smallest child while that
+ * orders before s. */
+static void sift_down(ql__timer_heap *heap, uint32_t k, ql__heap_slot s)
 {
-    ql__heap_slot s = heap->slots[k];
     uint32_t end = QL_HEAP0 + heap->count;
     for (;;) {
         uint32_t c = HCHILD0(k);
@@ -53,6 +55,15 @@ static void sift_down(ql__timer_heap *heap, uint32_t k)
         k = best;
     }
     place(heap, k, s);
+}
+
+/* s goes into the hole at k, above or below it. */
+static void resift(ql__timer_heap *heap, uint32_t k, ql__heap_slot s)
+{
+    if (k > QL_HEAP0 && slot_before(&s, &heap->slots[HPARENT(k)]))
+        sift_up(heap, k, s);
+    else
+        sift_down(heap, k, s);
 }
 
 void ql__heap_init(ql__timer_heap *heap)
@@ -82,11 +93,8 @@ int ql__heap_insert(ql__timer_heap *heap, ql_timer *timer)
         heap->cap = cap;
     }
     heap->count++;
-    heap->slots[k].deadline = timer->deadline;
-    heap->slots[k].seq = timer->seq;
-    heap->slots[k].timer = timer;
-    timer->heap_index = k;
-    sift_up(heap, k);
+    ql__heap_slot s = {timer->deadline, timer->seq, timer};
+    sift_up(heap, k, s);
     return 0;
 }
 
@@ -98,23 +106,14 @@ void ql__heap_remove(ql__timer_heap *heap, ql_timer *timer)
     heap->count--;
     if (k == last)
         return;
-    place(heap, k, heap->slots[last]);
-    /* The moved slot may belong above or below its new position. */
-    if (k > QL_HEAP0 && slot_before(&heap->slots[k], &heap->slots[HPARENT(k)]))
-        sift_up(heap, k);
-    else
-        sift_down(heap, k);
+    /* The last slot fills the hole; it may belong above or below it. */
+    resift(heap, k, heap->slots[last]);
 }
 
 void ql__heap_update(ql__timer_heap *heap, ql_timer *timer)
 {
-    uint32_t k = timer->heap_index;
-    heap->slots[k].deadline = timer->deadline;
-    heap->slots[k].seq = timer->seq;
-    if (k > QL_HEAP0 && slot_before(&heap->slots[k], &heap->slots[HPARENT(k)]))
-        sift_up(heap, k);
-    else
-        sift_down(heap, k);
+    ql__heap_slot s = {timer->deadline, timer->seq, timer};
+    resift(heap, timer->heap_index, s);
 }
 
 int ql__heap_verify(const ql__timer_heap *heap)
