@@ -115,6 +115,9 @@ class _WriteQueue:
         is immutable, else a copy (the caller may change it after write()
         returns, asyncio's bytearray copy ignores that)."""
         if type(data) is memoryview:
+            if not data.c_contiguous:
+                # What asyncio's `bytearray += data` raises.
+                raise TypeError("can't concat memoryview to bytearray")
             # A view of our own: the caller may release theirs.
             if not (data.readonly and type(data.obj) is bytes):
                 data = memoryview(bytes(data))

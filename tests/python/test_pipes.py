@@ -417,3 +417,27 @@ def test_fds_closed_after_close(loop):
                     os.fstat(fd)
 
     loop.run_until_complete(main())
+
+
+def test_queued_non_contiguous_view_rejected(loop):
+    # Behind a full pipe, a view asyncio's bytearray cannot take raises
+    # from write() itself, as asyncio's does; what was queued still goes.
+    r, w = os.pipe()
+
+    async def main():
+        wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
+                                               os.fdopen(w, "wb", 0))
+        wt.set_write_buffer_limits(high=1 << 30)
+        wt.write(b"n" * BIG)
+        size = wt.get_write_buffer_size()
+        assert size > 0
+        with pytest.raises(TypeError):
+            wt.write(memoryview(b"abcdef")[::2])
+        assert wt.get_write_buffer_size() == size
+        got = await loop.run_in_executor(None, _drain_fd, r, BIG)
+        wt.close()
+        assert await wp.done is None
+        os.close(r)
+        return got
+
+    assert loop.run_until_complete(main()) == b"n" * BIG
