@@ -46,24 +46,29 @@ ROOT = os.path.dirname(_common.PERF_DIR)
 Suite = collections.namedtuple("Suite", "title quick_args full_args timeout")
 
 # In the order they run.  quick_args: what --quick adds beyond the suite's
-# own --quick, to keep the whole quick run near a minute (budget in
-# seconds, on an idle 2-core machine, in the comment); a --bench there is
-# a default that the command line's --bench for that suite replaces.
+# own --quick, to keep the whole quick run near a minute (the summary and
+# the log's last line say what each suite took; a first run, or one after
+# a source change, also builds the C benchmark, the wheel and the build
+# without diagnostics).  Every loop and every target row stays; the suites
+# whose quick mode is long run one repetition per cell, HTTP only its
+# target server (httptools).  A --bench here is a default that the command
+# line's --bench for that suite replaces.
 SUITES = {
     "c_compare": Suite("C level: qloop's reactor vs libuv",
-                       ["--reps", "2"], [], 1800),             # ~5 s
+                       ["--reps", "1"], [], 1800),
     "py_micro": Suite("Python micro-benchmarks",
-                      ["--reps", "2"], [], 3600),              # ~15 s
-    "echo": Suite("TCP echo", ["--bench", "1k"], [], 1800),    # ~15 s
-    "udp": Suite("UDP echo", [], [], 1800),                    # its own
-    "process": Suite("Subprocesses and pipes", [], [], 1800),  # its own
-    "http": Suite("HTTP servers under wrk", [], [], 1800),     # ~15 s
-    "memory": Suite("Memory per idle connection", [], [], 1800),  # ~8 s
+                      ["--reps", "1"], [], 3600),
+    "echo": Suite("TCP echo", ["--bench", "1k", "--reps", "1"], [], 1800),
+    "udp": Suite("UDP echo", [], [], 1800),
+    "process": Suite("Subprocesses and pipes", ["--reps", "1"], [], 1800),
+    "http": Suite("HTTP servers under wrk", ["--bench", "httptools"], [],
+                  1800),
+    "memory": Suite("Memory per idle connection", [], [], 1800),
     "footprint": Suite("Footprint: wheel, extension, import time",
-                       [], [], 900),                           # ~5 s
+                       [], [], 900),
     # qloop against its build without diagnostics (which it builds) and
     # with them on; its own loops, so no --loops
-    "diag": Suite("Diagnostics: their cost, same run", [], [], 1800),  # ~8 s
+    "diag": Suite("Diagnostics: their cost, same run", [], [], 1800),
 }
 # The loops a row is normalised to in the chart, in order of preference.
 REFERENCES = ("uvloop", "libuv")
@@ -222,6 +227,13 @@ def ratio_of(row, a, b):
 
 # -- the report ---------------------------------------------------------------
 
+def suite_times(summary):
+    """'c_compare 5 s, py_micro 14 s, ...': what each suite took."""
+    return ", ".join(f"{name} {s['elapsed_s']:.0f} s"
+                     for name, s in summary["suites"].items()
+                     if s.get("elapsed_s"))
+
+
 def summary_markdown(summary):
     meta = summary["meta"]
     if summary.get("composed"):
@@ -233,6 +245,9 @@ def summary_markdown(summary):
         how = (f"`{summary['command']}`, "
                f"{'quick' if summary['quick'] else 'full'} run, "
                f"{summary['elapsed_s']:.0f} s")
+        took = suite_times(summary)
+        if took:
+            how += f" ({took})"
     out = [f"Measured {meta['date']} on {meta['cpu_model']} "
            f"({meta['n_cpus']} CPUs, load average {meta['loadavg']} at the "
            f"start), Linux {meta['kernel']}, {meta['implementation']} "
@@ -553,6 +568,8 @@ def main():
     if args.update_readme:
         update_readme(md, chart_ok, args.results)
     sys.stdout.write(md)
+    if not args.report_only:
+        log(f"took {summary['elapsed_s']:.0f} s: {suite_times(summary)}")
     if failed:
         log(f"suites that failed: {', '.join(failed)}")
         return 1

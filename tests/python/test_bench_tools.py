@@ -219,3 +219,37 @@ def test_proc_user_system_seconds_split():
     assert u1 - u0 >= 0.15
     assert s1 >= s0
     assert (u1 - u0) + (s1 - s0) == pytest.approx(c1 - c0, abs=0.1)
+
+
+def test_quick_args_keep_every_loop_and_target():
+    # --quick trims repetitions and the non-target HTTP server, never the
+    # loops nor a suite; a --bench on the command line replaces the default.
+    class Args:
+        results, quick, loops = "/tmp/r", True, "asyncio,uvloop,rloop,qloop"
+    for name in bench.SUITES:
+        cmd = bench.suite_args(name, Args, None)
+        assert "--quick" in cmd
+        if name not in ("c_compare", "diag"):
+            assert cmd[cmd.index("--loops") + 1] == Args.loops
+    http = bench.suite_args("http", Args, None)
+    assert http[http.index("--bench") + 1] == "httptools"  # the target row
+    assert bench.suite_args("http", Args, ["aiohttp"])[-2:] == \
+        ["--bench", "aiohttp"]
+    assert "httptools" in _http.BENCHES
+
+    class Full(Args):
+        quick = False
+    assert "--reps" not in bench.suite_args("process", Full, None)
+
+
+def test_summary_says_what_each_suite_took():
+    doc = contract_doc()
+    meta = dict(_common.machine_meta(None), n_cpus=2, loadavg="0.10")
+    summary = {"meta": meta, "command": "tools/bench --quick",
+               "quick": True, "elapsed_s": 61.0,
+               "suites": {"http": {"status": "ok", "elapsed_s": 12.4,
+                                   "rows": bench.normalise("http", doc)},
+                          "memory": {"status": "ok", "elapsed_s": 7.2,
+                                     "rows": []}}}
+    md = bench.summary_markdown(summary)
+    assert "quick run, 61 s (http 12 s, memory 7 s)" in md
