@@ -114,7 +114,11 @@ void ql_io_init(ql_io *io, int fd, ql_io_fn cb, void *data);
  * most one backend call, none when nothing changes; `events == 0` stops the
  * watcher.  One watcher per fd: -EEXIST if another watcher holds the fd. */
 int ql_io_start(ql_loop *loop, ql_io *io, unsigned events);
-/* Stop watching.  An fd already closed behind the loop's back is fine. */
+/* Stop watching.  An fd already closed behind the loop's back is fine, and
+ * so is closing it right after.  The epoll backend leaves the kernel's
+ * registration in place ("parked") until it reports an event, which then
+ * removes it without reaching the watcher, or until the fd is watched
+ * again, which takes it over with one call. */
 int ql_io_stop(ql_loop *loop, ql_io *io);
 static inline int ql_io_active(const ql_io *io) { return io->active; }
 
