@@ -6,9 +6,17 @@
  * whole iterations (src/loop.c); here only stats() reads them.
  *
  * Per-callback timing ("timed" mode, on while slow-callback reports are
- * on; the watchdog needs none): two reads of the CPU's counter around each
- * handle, the longest kept with its repr, reports through a Python
- * callable for those at or over slow_callback_duration.
+ * on; the watchdog needs none): the longest callback kept with its repr,
+ * reports through a Python callable for those at or over
+ * slow_callback_duration.  Reading the CPU's counter costs 23-28 ns on a
+ * VM, a third of a cheap callback: so for thresholds of COARSE_MIN_NS and
+ * more, a ticker thread (no GIL, ever) stores the monotonic clock in an
+ * atomic every P = threshold/20 (0.5-5 ms) while the loop runs, and each
+ * callback costs two relaxed loads of it.  One that may be slow (coarse
+ * duration at least half the threshold, or longer than the longest so
+ * far) is measured again from its coarse start to the precise clock now:
+ * never shorter than it ran, at most a tick (plus the ticker's scheduling
+ * delay) longer.  Below COARSE_MIN_NS, or without a ticker, the counter.
  *
  * The watchdog is a plain pthread that never touches Python while the loop
  * is healthy: it sleeps until the reactor's heartbeat (ql_loop_busy_since,
@@ -105,6 +113,23 @@ static void calibrate_counter(void)
 }
 
 
+/* The coarse clock of timed mode: a thread that stores ql_time_ns() every
+ * `period_ns` until told to stop (at once, through the condition). */
+typedef struct qloop_ticker {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop;
+    _Atomic int64_t now;
+    _Atomic int64_t period_ns;
+    pid_t pid; /* a child forked during a run has no ticker thread */
+} qloop_ticker;
+
+/* Thresholds from which the coarse clock is precise enough (P <= 5 %). */
+#define COARSE_MIN_NS 10000000
+#define TICK_MIN_NS 500000
+#define TICK_MAX_NS 5000000
+
 typedef struct qloop_watchdog {
     pthread_t thread;
     pthread_mutex_t mu;
@@ -128,6 +153,7 @@ struct qloop_diag {
     PyObject *on_stall;    /* (event, tid, start_ns, t_ns, still, gil_wait_ns,
                             *  loop thread's CPU ns during that wait or -1) */
     qloop_watchdog *wd;    /* while a run is in progress */
+    qloop_ticker *ticker;  /* timed mode, while a run is in progress */
     ql_stats final;        /* the reactor's, kept when it is freed */
     char has_final;
 };
@@ -189,6 +215,15 @@ void qloop_diag_keep_stats(LoopObject *loop)
 void qloop_diag_run_handle(LoopObject *loop, HandleObject *h)
 {
     const qloop_diag_head *d = (const qloop_diag_head *)loop->diag;
+    const _Atomic int64_t *clk = d->coarse;
+    if (clk) {
+        int64_t t0 = atomic_load_explicit(clk, memory_order_relaxed);
+        qloop_handle_run(loop, h);
+        int64_t dt = atomic_load_explicit(clk, memory_order_relaxed) - t0;
+        if (dt > d->coarse_longest || dt >= d->coarse_slow)
+            qloop_diag_after_coarse(loop, h, t0);
+        return;
+    }
     uint64_t k0 = qloop_ticks();
     qloop_handle_run(loop, h);
     uint64_t dk = qloop_ticks() - k0;
@@ -196,25 +231,25 @@ void qloop_diag_run_handle(LoopObject *loop, HandleObject *h)
         qloop_diag_after(loop, h, dk);
 }
 
-/* The slow path of qloop_diag_run_handle: a callback that took
- * `dk` ticks, longer than the longest so far or than the threshold. */
-void qloop_diag_after(LoopObject *loop, HandleObject *h, uint64_t dk)
+/* What both slow paths do for a callback that took `dt` ns. */
+static void diag_note(LoopObject *loop, HandleObject *h, int64_t dt,
+                      int longest, int slow)
 {
     qloop_diag *d = loop->diag;
-    if (PyErr_Occurred())
-        return;
-    int64_t dt = (int64_t)((double)dk * ns_per_tick);
     /* As asyncio logs slow callbacks: outside the callback's context. */
     qloop_leave_context(loop);
-    if (dk > d->head.longest_ticks) {
-        d->head.longest_ticks = dk;
+    if (longest) {
         d->longest_ns = dt;
+        d->head.coarse_longest = dt;
+        d->head.longest_ticks =
+            ns_per_tick > 0 ? (uint64_t)((double)dt / ns_per_tick)
+                            : UINT64_MAX;
         PyObject *r = PyObject_Repr((PyObject *)h);
         if (!r)
             PyErr_WriteUnraisable((PyObject *)h);
         Py_XSETREF(d->longest_repr, r);
     }
-    if (dk >= d->head.slow_ticks && d->on_slow) {
+    if (slow && d->on_slow) {
         PyObject *secs = PyFloat_FromDouble((double)dt / 1e9);
         PyObject *res = secs ? PyObject_CallFunctionObjArgs(
                                    d->on_slow, (PyObject *)h, secs, NULL)
@@ -227,9 +262,36 @@ void qloop_diag_after(LoopObject *loop, HandleObject *h, uint64_t dk)
     }
 }
 
+/* The slow path of the counter: a callback that took `dk` ticks, longer
+ * than the longest so far or than the threshold. */
+void qloop_diag_after(LoopObject *loop, HandleObject *h, uint64_t dk)
+{
+    qloop_diag *d = loop->diag;
+    if (PyErr_Occurred())
+        return;
+    diag_note(loop, h, (int64_t)((double)dk * ns_per_tick),
+              dk > d->head.longest_ticks, dk >= d->head.slow_ticks);
+}
+
+/* The slow path of the coarse clock: a callback that started at coarse
+ * `t0` (at most a tick before it did) may have been slow or the longest.
+ * Measured to the precise clock now, it is never shorter than it ran. */
+void qloop_diag_after_coarse(LoopObject *loop, HandleObject *h, int64_t t0)
+{
+    qloop_diag *d = loop->diag;
+    int64_t dt = ql_time_ns() - t0;
+    if (PyErr_Occurred())
+        return;
+    int slow = d->slow_ns > 0 && dt >= d->slow_ns;
+    int longest = dt > d->longest_ns;
+    if (slow || longest)
+        diag_note(loop, h, dt, longest, slow);
+}
+
 /* ---- the watchdog thread ------------------------------------------------- */
 
-static void wd_wait_until(qloop_watchdog *wd, int64_t deadline)
+static void cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
+                            int64_t deadline)
 {
     /* The condition variable waits on CLOCK_MONOTONIC (see wd_start), the
      * clock of the heartbeat. */
@@ -242,10 +304,34 @@ static void wd_wait_until(qloop_watchdog *wd, int64_t deadline)
         rel = 0;
     ts.tv_sec = rel / 1000000000;
     ts.tv_nsec = rel % 1000000000;
-    pthread_cond_timedwait_relative_np(&wd->cv, &wd->mu, &ts);
+    pthread_cond_timedwait_relative_np(cv, mu, &ts);
 #else
-    pthread_cond_timedwait(&wd->cv, &wd->mu, &ts);
+    pthread_cond_timedwait(cv, mu, &ts);
 #endif
+}
+
+static void wd_wait_until(qloop_watchdog *wd, int64_t deadline)
+{
+    cond_wait_until(&wd->cv, &wd->mu, deadline);
+}
+
+/* A mutex and a condition that waits on CLOCK_MONOTONIC (ql_time_ns's
+ * clock).  0 or an errno. */
+static int sync_init(pthread_mutex_t *mu, pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+#ifndef __APPLE__
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+#endif
+    int rc = pthread_mutex_init(mu, NULL);
+    if (rc == 0) {
+        rc = pthread_cond_init(cv, &ca);
+        if (rc != 0)
+            pthread_mutex_destroy(mu);
+    }
+    pthread_condattr_destroy(&ca);
+    return rc;
 }
 
 static int interpreter_finalizing(void)
@@ -353,18 +439,7 @@ static int wd_start(LoopObject *loop, qloop_diag *d)
     wd->have_loop_cpu =
         pthread_getcpuclockid(pthread_self(), &wd->loop_cpu) == 0;
 #endif
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-#ifndef __APPLE__
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-#endif
-    int rc = pthread_mutex_init(&wd->mu, NULL);
-    if (rc == 0) {
-        rc = pthread_cond_init(&wd->cv, &ca);
-        if (rc != 0)
-            pthread_mutex_destroy(&wd->mu);
-    }
-    pthread_condattr_destroy(&ca);
+    int rc = sync_init(&wd->mu, &wd->cv);
     if (rc == 0) {
         rc = pthread_create(&wd->thread, NULL, wd_main, wd);
         if (rc != 0) {
@@ -400,17 +475,88 @@ static void wd_stop(qloop_diag *d)
     d->wd = NULL;
 }
 
+/* ---- the ticker thread (timed mode's coarse clock) ------------------------ */
+
+static void *tick_main(void *arg)
+{
+    qloop_ticker *t = arg;
+    pthread_mutex_lock(&t->mu);
+    while (!t->stop) {
+        int64_t now = ql_time_ns();
+        atomic_store_explicit(&t->now, now, memory_order_relaxed);
+        cond_wait_until(&t->cv, &t->mu,
+                        now + atomic_load_explicit(&t->period_ns,
+                                                   memory_order_relaxed));
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+static void set_slow_ticks(qloop_diag *d); /* below: also picks the clock */
+
+/* Not started, on failure or when the threshold is too small for it:
+ * the counter times callbacks instead.  Never raises. */
+static void tick_start(qloop_diag *d)
+{
+    qloop_ticker *t = PyMem_Calloc(1, sizeof(*t));
+    if (!t)
+        return;
+    atomic_store(&t->now, ql_time_ns());
+    t->pid = getpid();
+    atomic_store(&t->period_ns, TICK_MAX_NS);
+    if (sync_init(&t->mu, &t->cv) != 0) {
+        PyMem_Free(t);
+        return;
+    }
+    if (pthread_create(&t->thread, NULL, tick_main, t) != 0) {
+        pthread_cond_destroy(&t->cv);
+        pthread_mutex_destroy(&t->mu);
+        PyMem_Free(t);
+        return;
+    }
+    d->ticker = t;
+    set_slow_ticks(d);
+}
+
+static void tick_stop(qloop_diag *d)
+{
+    qloop_ticker *t = d->ticker;
+    d->ticker = NULL;
+    set_slow_ticks(d); /* back to the counter (callbacks run at close) */
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    if (t->pid == getpid()) {
+        pthread_join(t->thread, NULL); /* never waits for the GIL: quick */
+        pthread_cond_destroy(&t->cv);
+        pthread_mutex_destroy(&t->mu);
+    }
+    PyMem_Free(t);
+}
+
 int qloop_diag_run_start(LoopObject *loop)
 {
     qloop_diag *d = loop->diag;
-    if (!QL_DIAG || !d || d->watchdog_ns <= 0 || !d->on_stall || d->wd)
+    if (!QL_DIAG || !d)
         return 0;
-    return wd_start(loop, d);
+    if (loop->timed && !d->ticker && d->slow_ns >= COARSE_MIN_NS)
+        tick_start(d);
+    if (d->watchdog_ns <= 0 || !d->on_stall || d->wd)
+        return 0;
+    if (wd_start(loop, d) < 0) {
+        if (d->ticker)
+            tick_stop(d);
+        return -1;
+    }
+    return 0;
 }
 
 void qloop_diag_run_end(LoopObject *loop)
 {
     qloop_diag *d = loop->diag;
+    if (d && d->ticker)
+        tick_stop(d);
     if (d && d->wd) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -423,10 +569,24 @@ void qloop_diag_run_end(LoopObject *loop)
 
 static void set_slow_ticks(qloop_diag *d)
 {
-    if (d->slow_ns <= 0 || !d->on_slow || ns_per_tick <= 0)
+    int reports = d->slow_ns > 0 && d->on_slow && ns_per_tick > 0;
+    if (!reports)
         d->head.slow_ticks = UINT64_MAX;
     else
         d->head.slow_ticks = (uint64_t)((double)d->slow_ns / ns_per_tick);
+    qloop_ticker *t = d->ticker;
+    if (t && d->slow_ns >= COARSE_MIN_NS) {
+        int64_t p = d->slow_ns / 20;
+        p = p < TICK_MIN_NS ? TICK_MIN_NS : p > TICK_MAX_NS ? TICK_MAX_NS : p;
+        atomic_store_explicit(&t->period_ns, p, memory_order_relaxed);
+        /* Half the threshold: a callback that short is already long
+         * enough that the precise clock it then costs is nothing, and a
+         * ticker late by up to half the threshold still misses none. */
+        d->head.coarse_slow = reports ? d->slow_ns / 2 : INT64_MAX;
+        d->head.coarse = &t->now;
+    } else {
+        d->head.coarse = NULL;
+    }
 }
 
 /* _diag_configure(timed, on_slow, watchdog_seconds, on_stall) */

@@ -1,9 +1,12 @@
 /*
- * Per-callback timing (diag.c): two reads of the CPU's counter around a
- * handle and one comparison.
+ * Per-callback timing (diag.c): two relaxed loads of a coarse clock that a
+ * ticker thread keeps (slow-callback thresholds of 10 ms and more), else
+ * two reads of the CPU's counter, around a handle, and two comparisons.
  */
 #ifndef QLOOP_DIAG_H
 #define QLOOP_DIAG_H
+
+#include <stdatomic.h>
 
 #include "qloop_ext.h"
 
@@ -43,9 +46,15 @@ static inline uint64_t qloop_ticks(void)
 typedef struct {
     uint64_t slow_ticks;    /* report at or over this; UINT64_MAX: never */
     uint64_t longest_ticks; /* the longest callback so far */
+    /* The coarse clock (ns, ql_time_ns's clock, at most a tick old) while
+     * a ticker runs and the threshold allows it; NULL: use the counter. */
+    const _Atomic int64_t *coarse;
+    int64_t coarse_slow;    /* coarse ns that may be slow: look closer */
+    int64_t coarse_longest; /* the longest callback so far, ns */
 } qloop_diag_head;
 
 void qloop_diag_after(LoopObject *loop, HandleObject *h, uint64_t dk);
+void qloop_diag_after_coarse(LoopObject *loop, HandleObject *h, int64_t t0);
 
 /* Run `h` timed (the loop's `timed` mode).  Out of line on purpose: inlined
  * into the run loop it saves ~7 instructions a callback when on, and costs

@@ -357,6 +357,52 @@ def test_slow_callback_plain_and_threshold(qloop_loop, diag):
     assert slow[0].duration >= 0.08 * 0.999
 
 
+def test_slow_callback_coarse_clock(qloop_loop, diag):
+    """From 10 ms up, callbacks are timed with the ticker's coarse clock (a
+    thread that lives only while the loop runs): a 50 ms callback against
+    20 ms is reported within 20 %, 10k fast ones are not."""
+    _, slow = diag
+    qloop.diagnostics(slow_callback=0.02, watchdog=None)
+    proc = f"/proc/{os.getpid()}/task"
+    tasks = (lambda: len(os.listdir(proc))) if os.path.isdir(proc) else None
+    idle = tasks() if tasks else None
+    took, seen = [], []
+
+    def blocker():
+        t0 = time.monotonic()
+        time.sleep(0.05)
+        took.append(time.monotonic() - t0)
+
+    def fast(i):
+        if i == 0 and tasks:
+            seen.append(tasks())
+
+    for i in range(10_000):
+        qloop_loop.call_soon(fast, i)
+    qloop_loop.call_soon(blocker)
+    for i in range(1, 10_000):
+        qloop_loop.call_soon(fast, i)
+    qloop_loop.call_soon(qloop_loop.stop)
+    qloop_loop.run_forever()
+    assert len(slow) == 1, slow
+    assert "blocker" in slow[0].callback
+    assert abs(slow[0].duration - took[0]) <= 0.2 * took[0], \
+        (slow[0].duration, took[0])
+    assert slow[0].duration >= took[0] * 0.999  # never shorter than it ran
+    st = qloop_loop.stats()
+    assert "blocker" in st["longest_callback"]
+    assert st["longest_callback_ns"] >= took[0] * 1e9 * 0.999
+    if tasks:
+        assert seen == [idle + 1]  # the ticker, while running
+        assert tasks() == idle
+    # 10k fast callbacks alone: no report
+    for i in range(1, 10_000):
+        qloop_loop.call_soon(fast, i)
+    qloop_loop.call_soon(qloop_loop.stop)
+    qloop_loop.run_forever()
+    assert len(slow) == 1, slow
+
+
 def test_no_slow_reports_when_off(qloop_loop, diag, caplog):
     _, slow = diag
     qloop.diagnostics(slow_callback=None, watchdog=None)
