@@ -120,7 +120,7 @@ typedef struct qloop_ticker {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop;
-    _Atomic int64_t now;
+    _Atomic int64_t *out; /* the diag's head.now */
     _Atomic int64_t period_ns;
     pid_t pid; /* a child forked during a run has no ticker thread */
 } qloop_ticker;
@@ -148,6 +148,8 @@ struct qloop_diag {
     int64_t slow_ns;       /* report callbacks at or over this; <= 0: none */
     PyObject *on_slow;     /* (handle, seconds) -> None */
     int64_t longest_ns;    /* timed mode's longest callback */
+    int64_t coarse_slow;   /* coarse ns from which one may be slow */
+    int64_t tick_ns;       /* the ticker's period */
     PyObject *longest_repr;
     int64_t watchdog_ns;   /* 0: no watchdog */
     PyObject *on_stall;    /* (event, tid, start_ns, t_ns, still, gil_wait_ns,
@@ -212,23 +214,48 @@ void qloop_diag_keep_stats(LoopObject *loop)
 
 /* ---- per-callback timing ------------------------------------------------- */
 
-void qloop_diag_run_handle(LoopObject *loop, HandleObject *h)
+/* Thresholds under COARSE_MIN_NS: the counter.  Apart, so that the coarse
+ * path saves only the registers it needs. */
+static void __attribute__((noinline))
+run_counted(LoopObject *loop, HandleObject *h)
 {
     const qloop_diag_head *d = (const qloop_diag_head *)loop->diag;
-    const _Atomic int64_t *clk = d->coarse;
-    if (clk) {
-        int64_t t0 = atomic_load_explicit(clk, memory_order_relaxed);
-        qloop_handle_run(loop, h);
-        int64_t dt = atomic_load_explicit(clk, memory_order_relaxed) - t0;
-        if (dt > d->coarse_longest || dt >= d->coarse_slow)
-            qloop_diag_after_coarse(loop, h, t0);
-        return;
-    }
     uint64_t k0 = qloop_ticks();
     qloop_handle_run(loop, h);
     uint64_t dk = qloop_ticks() - k0;
     if (dk > d->longest_ticks || dk >= d->slow_ticks)
         qloop_diag_after(loop, h, dk);
+}
+
+void qloop_diag_run_handle(LoopObject *loop, HandleObject *h)
+{
+    const qloop_diag *d = loop->diag;
+    if (!d->head.coarse) {
+        run_counted(loop, h);
+        return;
+    }
+    int64_t t0 = atomic_load_explicit(&d->head.now, memory_order_relaxed);
+    qloop_handle_run(loop, h);
+    /* Reloaded rather than kept across the call: fewer registers to save.
+     * The ticker lives until the run ends (head.coarse may have gone 0 if
+     * the callback lowered the threshold). */
+    d = loop->diag;
+    int64_t dt = atomic_load_explicit(&d->head.now, memory_order_relaxed) - t0;
+    if (dt >= d->head.coarse_look)
+        qloop_diag_after_coarse(loop, h, t0);
+}
+
+/* The longest is looked at only from two ticks: a callback of any length
+ * that straddles one tick has a coarse duration of one, so then the
+ * longest would be a cheap callback that happened to; with two, it ran at
+ * least a tick.  Shorter than that, stats() gives the reactor's longest
+ * (a pass that ran one callback, without its repr). */
+static void set_coarse_look(qloop_diag *d)
+{
+    int64_t longer = d->longest_ns + 1;
+    if (longer < 2 * d->tick_ns)
+        longer = 2 * d->tick_ns;
+    d->head.coarse_look = d->coarse_slow < longer ? d->coarse_slow : longer;
 }
 
 /* What both slow paths do for a callback that took `dt` ns. */
@@ -240,7 +267,6 @@ static void diag_note(LoopObject *loop, HandleObject *h, int64_t dt,
     qloop_leave_context(loop);
     if (longest) {
         d->longest_ns = dt;
-        d->head.coarse_longest = dt;
         d->head.longest_ticks =
             ns_per_tick > 0 ? (uint64_t)((double)dt / ns_per_tick)
                             : UINT64_MAX;
@@ -248,6 +274,7 @@ static void diag_note(LoopObject *loop, HandleObject *h, int64_t dt,
         if (!r)
             PyErr_WriteUnraisable((PyObject *)h);
         Py_XSETREF(d->longest_repr, r);
+        set_coarse_look(d);
     }
     if (slow && d->on_slow) {
         PyObject *secs = PyFloat_FromDouble((double)dt / 1e9);
@@ -276,7 +303,8 @@ void qloop_diag_after(LoopObject *loop, HandleObject *h, uint64_t dk)
 /* The slow path of the coarse clock: a callback that started at coarse
  * `t0` (at most a tick before it did) may have been slow or the longest.
  * Measured to the precise clock now, it is never shorter than it ran. */
-void qloop_diag_after_coarse(LoopObject *loop, HandleObject *h, int64_t t0)
+__attribute__((noinline, cold)) void
+qloop_diag_after_coarse(LoopObject *loop, HandleObject *h, int64_t t0)
 {
     qloop_diag *d = loop->diag;
     int64_t dt = ql_time_ns() - t0;
@@ -483,7 +511,7 @@ static void *tick_main(void *arg)
     pthread_mutex_lock(&t->mu);
     while (!t->stop) {
         int64_t now = ql_time_ns();
-        atomic_store_explicit(&t->now, now, memory_order_relaxed);
+        atomic_store_explicit(t->out, now, memory_order_relaxed);
         cond_wait_until(&t->cv, &t->mu,
                         now + atomic_load_explicit(&t->period_ns,
                                                    memory_order_relaxed));
@@ -501,7 +529,8 @@ static void tick_start(qloop_diag *d)
     qloop_ticker *t = PyMem_Calloc(1, sizeof(*t));
     if (!t)
         return;
-    atomic_store(&t->now, ql_time_ns());
+    t->out = &d->head.now; /* the diag outlives the run, hence the ticker */
+    atomic_store(t->out, ql_time_ns());
     t->pid = getpid();
     atomic_store(&t->period_ns, TICK_MAX_NS);
     if (sync_init(&t->mu, &t->cv) != 0) {
@@ -523,11 +552,13 @@ static void tick_stop(qloop_diag *d)
     qloop_ticker *t = d->ticker;
     d->ticker = NULL;
     set_slow_ticks(d); /* back to the counter (callbacks run at close) */
-    pthread_mutex_lock(&t->mu);
-    t->stop = 1;
-    pthread_cond_signal(&t->cv);
-    pthread_mutex_unlock(&t->mu);
+    /* In a child forked during the run there is no thread, and its mutex
+     * may have been copied locked: only free. */
     if (t->pid == getpid()) {
+        pthread_mutex_lock(&t->mu);
+        t->stop = 1;
+        pthread_cond_signal(&t->cv);
+        pthread_mutex_unlock(&t->mu);
         pthread_join(t->thread, NULL); /* never waits for the GIL: quick */
         pthread_cond_destroy(&t->cv);
         pthread_mutex_destroy(&t->mu);
@@ -579,13 +610,15 @@ static void set_slow_ticks(qloop_diag *d)
         int64_t p = d->slow_ns / 20;
         p = p < TICK_MIN_NS ? TICK_MIN_NS : p > TICK_MAX_NS ? TICK_MAX_NS : p;
         atomic_store_explicit(&t->period_ns, p, memory_order_relaxed);
+        d->tick_ns = p;
         /* Half the threshold: a callback that short is already long
          * enough that the precise clock it then costs is nothing, and a
          * ticker late by up to half the threshold still misses none. */
-        d->head.coarse_slow = reports ? d->slow_ns / 2 : INT64_MAX;
-        d->head.coarse = &t->now;
+        d->coarse_slow = reports ? d->slow_ns / 2 : INT64_MAX;
+        set_coarse_look(d);
+        d->head.coarse = 1;
     } else {
-        d->head.coarse = NULL;
+        d->head.coarse = 0;
     }
 }
 
@@ -682,7 +715,10 @@ PyObject *qloop_loop_stats(LoopObject *self, PyObject *Py_UNUSED(ignored))
     int64_t longest = s.longest_single_ns;
     PyObject *longest_repr = Py_None;
     if (d && d->longest_ns > 0) {
-        /* Timed mode measured each callback: exact, with its repr. */
+        /* Timed mode measured each callback, with its repr: to the
+         * counter's precision under COARSE_MIN_NS, else those of two
+         * ticks and more (P = threshold/20, 0.5-5 ms), never shorter than
+         * they ran and at most a tick longer (set_coarse_look). */
         longest = d->longest_ns;
         if (d->longest_repr)
             longest_repr = d->longest_repr;

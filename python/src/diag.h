@@ -46,11 +46,14 @@ static inline uint64_t qloop_ticks(void)
 typedef struct {
     uint64_t slow_ticks;    /* report at or over this; UINT64_MAX: never */
     uint64_t longest_ticks; /* the longest callback so far */
-    /* The coarse clock (ns, ql_time_ns's clock, at most a tick old) while
-     * a ticker runs and the threshold allows it; NULL: use the counter. */
-    const _Atomic int64_t *coarse;
-    int64_t coarse_slow;    /* coarse ns that may be slow: look closer */
-    int64_t coarse_longest; /* the longest callback so far, ns */
+    /* The coarse clock (ns, ql_time_ns's clock, at most a tick old) that
+     * a ticker stores while the loop runs; `coarse` when callbacks are
+     * timed with it (the threshold allows), else the counter. */
+    _Atomic int64_t now;
+    int coarse;
+    /* A coarse duration from which a callback may be slow or the longest
+     * so far: then look closer.  One comparison on the fast path. */
+    int64_t coarse_look;
 } qloop_diag_head;
 
 void qloop_diag_after(LoopObject *loop, HandleObject *h, uint64_t dk);
