@@ -214,10 +214,8 @@ void qloop_diag_keep_stats(LoopObject *loop)
 
 /* ---- per-callback timing ------------------------------------------------- */
 
-/* Thresholds under COARSE_MIN_NS: the counter.  Apart, so that the coarse
- * path saves only the registers it needs. */
-static void __attribute__((noinline))
-run_counted(LoopObject *loop, HandleObject *h)
+/* Thresholds under COARSE_MIN_NS, or no ticker: the counter. */
+void qloop_diag_run_handle(LoopObject *loop, HandleObject *h)
 {
     const qloop_diag_head *d = (const qloop_diag_head *)loop->diag;
     uint64_t k0 = qloop_ticks();
@@ -225,24 +223,6 @@ run_counted(LoopObject *loop, HandleObject *h)
     uint64_t dk = qloop_ticks() - k0;
     if (dk > d->longest_ticks || dk >= d->slow_ticks)
         qloop_diag_after(loop, h, dk);
-}
-
-void qloop_diag_run_handle(LoopObject *loop, HandleObject *h)
-{
-    const qloop_diag *d = loop->diag;
-    if (!d->head.coarse) {
-        run_counted(loop, h);
-        return;
-    }
-    int64_t t0 = atomic_load_explicit(&d->head.now, memory_order_relaxed);
-    qloop_handle_run(loop, h);
-    /* Reloaded rather than kept across the call: fewer registers to save.
-     * The ticker lives until the run ends (head.coarse may have gone 0 if
-     * the callback lowered the threshold). */
-    d = loop->diag;
-    int64_t dt = atomic_load_explicit(&d->head.now, memory_order_relaxed) - t0;
-    if (dt >= d->head.coarse_look)
-        qloop_diag_after_coarse(loop, h, t0);
 }
 
 /* The longest is looked at only from two ticks: a callback of any length

@@ -157,7 +157,7 @@ static inline void run_handle(LoopObject *loop, HandleObject *h)
     if (loop->debug)
         run_handle_debug(loop, h);
     else if (QL_DIAG && loop->timed)
-        qloop_diag_run_handle(loop, h);
+        qloop_diag_run_timed(loop, h);
     else
         qloop_handle_run(loop, h);
 }
