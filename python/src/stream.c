@@ -577,6 +577,22 @@ static int on_eof(StreamObject *self)
     return do_close(self);
 }
 
+/* `*data` received n of its bytes (n <= 0: none): replace it by a bytes of
+ * exactly those n, or by NULL when there are none; errno is kept for the
+ * caller.  A copy, not _PyBytes_Resize: shrinking a block glibc mapped with
+ * mmap is an mremap, and the block never returns through free(), which is
+ * what raises glibc's mmap threshold (page faults on every later read). */
+static int exact_bytes(PyObject **data, ssize_t n)
+{
+    int err = errno;
+    PyObject *whole = *data;
+    *data = n > 0 ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(whole), n)
+                  : NULL;
+    Py_DECREF(whole);
+    errno = err;
+    return n > 0 && !*data ? -1 : 0;
+}
+
 static int read_data(StreamObject *self)
 {
     qloop_state *st = stream_state(self);
@@ -594,23 +610,13 @@ static int read_data(StreamObject *self)
             n = recv(self->sock_fd, PyBytes_AS_STRING(data), STREAM_MAX_READ,
                      0);
         while (n < 0 && errno == EINTR);
-        int err = errno;
         if (n < STREAM_MAX_READ) {
-            /* A short read: an exactly-sized copy.  Not _PyBytes_Resize:
-             * shrinking a block glibc mapped with mmap is an mremap, and
-             * the block never returns through free(), which is what raises
-             * glibc's mmap threshold (page faults on every later read). */
+            /* A short read: an exactly-sized copy (see exact_bytes). */
             self->big_reads = 0;
             self->direct_reads = n >= STREAM_DIRECT_READ;
-            PyObject *whole = data;
-            data = n > 0 ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(whole),
-                                                     n)
-                         : NULL;
-            Py_DECREF(whole);
-            if (n > 0 && !data)
+            if (exact_bytes(&data, n) < 0)
                 return -1;
         }
-        errno = err;
     } else {
         int avail = 0;
         if (self->direct_reads &&
@@ -628,18 +634,9 @@ static int read_data(StreamObject *self)
             do
                 n = recv(self->sock_fd, PyBytes_AS_STRING(data), want, 0);
             while (n < 0 && errno == EINTR);
-            if (n != want) {
-                /* Less than FIONREAD said (it cannot be more): rare. */
-                int err = errno;
-                PyObject *whole = data;
-                data = n > 0 ? PyBytes_FromStringAndSize(
-                                   PyBytes_AS_STRING(whole), n)
-                             : NULL;
-                Py_DECREF(whole);
-                if (n > 0 && !data)
-                    return -1;
-                errno = err;
-            }
+            /* Less than FIONREAD said (it cannot be more): rare. */
+            if (n != want && exact_bytes(&data, n) < 0)
+                return -1;
         } else {
             do
                 n = recv(self->sock_fd, read_buf, STREAM_MAX_READ, 0);
