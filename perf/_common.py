@@ -268,6 +268,20 @@ def write_json(path, doc):
         f.write("\n")
 
 
+def publish(args, text, doc):
+    """A suite's output: its markdown report on stdout and in --markdown,
+    and the dict `doc` in --json."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+        log(f"wrote {args.markdown}")
+    if args.json:
+        write_json(args.json, doc)
+        log(f"wrote {args.json}")
+
+
 # -- helpers for suites written to the contract (perf/http.py, memory.py,
 #    footprint.py; usable by any suite) ---------------------------------------
 

@@ -397,13 +397,7 @@ def main():
          f"interleaved, after {warmup} s of warm-up; server CPU is user + "
          "system time of the server process over each run divided by the "
          f"requests it completed.  Took {elapsed:.0f} s."])
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
-    if args.json:
-        _common.write_json(args.json, doc)
-        log(f"wrote {args.json}")
+    _common.publish(args, text, doc)
     return 0
 
 

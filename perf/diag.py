@@ -419,18 +419,10 @@ def main():
     elapsed = time.monotonic() - started
     meta["elapsed_s"] = elapsed
     text = markdown(rows, meta, descs, unavailable, reps, args.quick, elapsed)
-    sys.stdout.write(text)
-    sys.stdout.flush()
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
-        log(f"wrote {args.markdown}")
-    if args.json:
-        _common.write_json(args.json, {
-            "suite": "diag", "meta": meta,
-            "loops": {l: descs[l] for l in VARIANTS if l in descs},
-            "unavailable": unavailable, "rows": rows})
-        log(f"wrote {args.json}")
+    _common.publish(args, text, {
+        "suite": "diag", "meta": meta,
+        "loops": {l: descs[l] for l in VARIANTS if l in descs},
+        "unavailable": unavailable, "rows": rows})
     log(f"done in {elapsed:.1f} s")
     return 0
 

@@ -749,20 +749,12 @@ def main():
     meta["elapsed_s"] = elapsed
     text, rows = build_report(loops, benches, results, descs, unavailable,
                               meta, reps, args.quick, elapsed, cpus)
-    sys.stdout.write(text)
-    sys.stdout.flush()
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
-        log(f"wrote {args.markdown}")
-    if args.json:
-        _common.write_json(args.json, {
-            "suite": "echo", "meta": meta,
-            "loops": {l: descs[l] for l in loops if l in descs},
-            "unavailable": unavailable,
-            "reference": {C_SERVER: "perf/c/echo_server.c (pure C, epoll)"},
-            "rows": rows})
-        log(f"wrote {args.json}")
+    _common.publish(args, text, {
+        "suite": "echo", "meta": meta,
+        "loops": {l: descs[l] for l in loops if l in descs},
+        "unavailable": unavailable,
+        "reference": {C_SERVER: "perf/c/echo_server.c (pure C, epoll)"},
+        "rows": rows})
     log(f"done in {elapsed:.1f} s")
     return 0
 

@@ -327,13 +327,7 @@ def main():
          "fresh processes, loops interleaved, pinned to CPU "
          f"{cpu}.  Every loop's import includes asyncio's.  Took "
          f"{elapsed:.0f} s."])
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
-    if args.json:
-        _common.write_json(args.json, doc)
-        log(f"wrote {args.json}")
+    _common.publish(args, text, doc)
     return 0
 
 

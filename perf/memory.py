@@ -286,13 +286,7 @@ def main():
          f"{reps} runs, a fresh server each, loops interleaved; server on "
          f"CPU {srv_cpu}, the client process on CPU {client_cpu}.  Took "
          f"{elapsed:.0f} s."])
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
-    if args.json:
-        _common.write_json(args.json, doc)
-        log(f"wrote {args.json}")
+    _common.publish(args, text, doc)
     return 0
 
 

@@ -330,13 +330,7 @@ def main():
     text = _common.contract_markdown("Subprocesses and pipes", doc, notes=[
         f"Medians of {reps} run(s), loops interleaved, each run a fresh "
         f"process pinned to CPU {cpu}; cat pinned to CPU {other_cpu}."])
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
-    if args.json:
-        _common.write_json(args.json, doc)
-        log(f"wrote {args.json}")
+    _common.publish(args, text, doc)
     log(f"done in {meta['elapsed_s']:.1f} s")
     return 0
 

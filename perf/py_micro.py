@@ -603,20 +603,12 @@ def main():
     text, json_rows = build_report(benches, loops, results, descs,
                                    unavailable, meta, reps, args.quick,
                                    elapsed)
-    sys.stdout.write(text)
-    sys.stdout.flush()
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
-        log(f"wrote {args.markdown}")
-    if args.json:
-        _common.write_json(args.json, {
-            "meta": {**meta, "reps": reps, "quick": args.quick,
-                     "loops": {l: descs.get(l) for l in loops},
-                     "unavailable": unavailable, "batch": BATCH,
-                     "elapsed_s": elapsed},
-            "rows": json_rows})
-        log(f"wrote {args.json}")
+    _common.publish(args, text, {
+        "meta": {**meta, "reps": reps, "quick": args.quick,
+                 "loops": {l: descs.get(l) for l in loops},
+                 "unavailable": unavailable, "batch": BATCH,
+                 "elapsed_s": elapsed},
+        "rows": json_rows})
     log(f"done in {elapsed:.1f} s")
     return 0
 

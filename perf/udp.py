@@ -285,13 +285,7 @@ def main():
         "datagrams in flight.  The target is on datagrams echoed per second of "
         "the server's CPU time (user + system): its capacity; the wall-clock "
         "rate also measures how soon a shared machine schedules it."])
-    sys.stdout.write(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
-    if args.json:
-        _common.write_json(args.json, doc)
-        log(f"wrote {args.json}")
+    _common.publish(args, text, doc)
     log(f"done in {meta['elapsed_s']:.1f} s")
     return 0
 
