@@ -279,6 +279,15 @@ def _drain_fd(fd, n):
     return bytes(out)
 
 
+async def unbounded_write_pipe(loop, w):
+    """A write pipe transport on fd `w` that never pauses its protocol, so
+    what the pipe refuses stays queued in the transport."""
+    wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
+                                           os.fdopen(w, "wb", 0))
+    wt.set_write_buffer_limits(high=1 << 30)
+    return wt, wp
+
+
 def test_queued_writes_order_and_snapshots(loop):
     # Behind a full pipe, writes queue: a bytes by reference, a bytearray or
     # a memoryview the caller changes or releases afterwards as it was when
@@ -288,9 +297,7 @@ def test_queued_writes_order_and_snapshots(loop):
     big = os.urandom(BIG + 12345)
 
     async def main():
-        wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
-                                               os.fdopen(w, "wb", 0))
-        wt.set_write_buffer_limits(high=1 << 30)
+        wt, wp = await unbounded_write_pipe(loop, w)
         expected = bytearray()
         wt.write(big)
         expected += big
@@ -331,9 +338,7 @@ def test_write_buffer_size_counts_bytes(loop):
     r, w = os.pipe()
 
     async def main():
-        wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
-                                               os.fdopen(w, "wb", 0))
-        wt.set_write_buffer_limits(high=1 << 30)
+        wt, wp = await unbounded_write_pipe(loop, w)
         wt.write(b"a" * BIG)
         size = wt.get_write_buffer_size()
         assert 0 < size <= BIG
@@ -425,9 +430,7 @@ def test_queued_non_contiguous_view_rejected(loop):
     r, w = os.pipe()
 
     async def main():
-        wt, wp = await loop.connect_write_pipe(lambda: WriteProto(loop),
-                                               os.fdopen(w, "wb", 0))
-        wt.set_write_buffer_limits(high=1 << 30)
+        wt, wp = await unbounded_write_pipe(loop, w)
         wt.write(b"n" * BIG)
         size = wt.get_write_buffer_size()
         assert size > 0
