@@ -110,29 +110,30 @@ def stripped_size(path, tmp):
     return os.path.getsize(copy)
 
 
-def installed_extension(loop):
-    """Path of the installed extension module of `loop` (imports it in a
-    child, so that this process's imports stay clean)."""
-    code = ("import os, glob, %s as m; "
-            "print(sorted(glob.glob(os.path.join(os.path.dirname(m.__file__),"
-            " %r)))[0])" % (MODULE[loop], EXTENSION[loop]))
+def child_output(code):
+    """What `python -c code` prints, run in a child so that this process's
+    imports stay clean; its last stderr line as a RuntimeError if it fails."""
     r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True,
                        env=_common.child_env())
     if r.returncode != 0:
         raise RuntimeError((r.stderr.strip().splitlines() or ["?"])[-1])
     return r.stdout.strip()
+
+
+def installed_extension(loop):
+    """Path of the installed extension module of `loop` (imports it in a
+    child, so that this process's imports stay clean)."""
+    return child_output(
+        "import os, glob, %s as m; "
+        "print(sorted(glob.glob(os.path.join(os.path.dirname(m.__file__),"
+        " %r)))[0])" % (MODULE[loop], EXTENSION[loop]))
 
 
 def package_dir(module):
     """Directory of `module`'s package (found in a child, as installed_extension)."""
-    code = f"import os, {module} as m; print(os.path.dirname(m.__file__))"
-    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True,
-                       env=_common.child_env())
-    if r.returncode != 0:
-        raise RuntimeError((r.stderr.strip().splitlines() or ["?"])[-1])
-    return r.stdout.strip()
+    return child_output(
+        f"import os, {module} as m; print(os.path.dirname(m.__file__))")
 
 
 def byte_compile(module):
