@@ -3,7 +3,8 @@
  *
  * It owns the reactor and implements what is hot: call_soon,
  * call_soon_threadsafe, call_later, call_at, time, stop, create_future
- * and get_debug (sock.c), the run loop itself (_run), and the fd watchers behind add_reader/add_writer
+ * and get_debug (both in sock.c, next to the imports they use), the run
+ * loop itself (_run), and the fd watchers behind add_reader/add_writer
  * (_add_reader, _remove_reader, _add_writer, _remove_writer).  Everything
  * else comes from asyncio's own Python classes, layered in qloop/_loop.py.
  *
