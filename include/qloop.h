@@ -165,6 +165,11 @@ int ql_call_soon_threadsafe(ql_loop *loop, ql_callback_fn fn, void *arg);
 
 void ql_loop_set_poll_hooks(ql_loop *loop, ql_poll_enter_fn enter,
                             ql_poll_leave_fn leave, void *data);
+/* fn(loop, data) runs at the end of every iteration, after the ready pass
+ * (libuv's check handles run at that point of theirs), also when a
+ * callback broke the run; NULL removes it.  What it queues runs in the
+ * next iteration. */
+void ql_loop_set_check_hook(ql_loop *loop, ql_callback_fn fn, void *data);
 
 /* In a child after fork(): rebuild the backend and re-register every
  * active watcher. */

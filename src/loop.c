@@ -8,7 +8,9 @@
  *   2. dispatch the I/O events;
  *   3. fire the timers that are due, except those armed during this pass;
  *   4. run the callbacks that are in the ready ring when this pass begins;
- *      those they queue wait for the next iteration.
+ *      those they queue wait for the next iteration;
+ *   5. the check hook (ql_loop_set_check_hook): the binding sends there
+ *      what its transports wrote during the pass.
  * So what I/O callbacks and timers queue runs in the same iteration, right
  * after them, and a binding that queues its I/O and timer handles on the
  * ring (as qloop's asyncio loop does) gets asyncio's order exactly: what
@@ -241,6 +243,12 @@ void ql_loop_set_poll_hooks(ql_loop *loop, ql_poll_enter_fn enter,
     loop->poll_enter = enter;
     loop->poll_leave = leave;
     loop->poll_hook_data = data;
+}
+
+void ql_loop_set_check_hook(ql_loop *loop, ql_callback_fn fn, void *data)
+{
+    loop->check_hook = fn;
+    loop->check_hook_data = data;
 }
 
 /* ---- timers -------------------------------------------------------------- */
@@ -558,6 +566,10 @@ static int iterate(ql_loop *loop, ql_run_mode mode)
     run_timers(loop);
     if (!loop->broken)
         ran = run_ready(loop);
+    /* Even after a callback broke the run: the hook may be what sends
+     * what the pass wrote. */
+    if (loop->check_hook)
+        loop->check_hook(loop, loop->check_hook_data);
     /* Callback time: one clock read per iteration that ran anything. */
     if (QL_DIAG && (ran || n > 0 || fired != loop->stats.timers_fired)) {
         int64_t dt = ql_time_ns() - loop->now;

@@ -60,6 +60,8 @@ struct ql_loop {
     ql_poll_enter_fn poll_enter;
     ql_poll_leave_fn poll_leave;
     void *poll_hook_data;
+    ql_callback_fn check_hook;
+    void *check_hook_data;
 
     ql_stats stats;
 

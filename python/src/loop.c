@@ -209,6 +209,15 @@ static void poll_enter(ql_loop *ql, void *data)
     loop->saved_tstate = PyEval_SaveThread();
 }
 
+/* The end of each iteration's pass: the sends transports deferred. */
+static void check_hook(ql_loop *ql, void *data)
+{
+    (void)ql;
+    LoopObject *loop = data;
+    if (loop->n_deferred)
+        qloop_streams_flush(loop);
+}
+
 static int poll_leave(ql_loop *ql, void *data)
 {
     (void)ql;
@@ -245,6 +254,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     }
     ql_loop_set_poll_hooks(self->ql, poll_enter, poll_leave, self);
+    ql_loop_set_check_hook(self->ql, check_hook, self);
     ql_loop_set_lag_at_fire(self->ql, 0); /* timer_ring_run notes it */
     return (PyObject *)self;
 }
@@ -348,6 +358,8 @@ static int loop_traverse(LoopObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->watchers);
     Py_VISIT(self->streams);
+    for (Py_ssize_t i = 0; i < self->n_deferred; i++)
+        Py_VISIT(self->deferred[i]);
     Py_VISIT(self->pending_exc);
     Py_VISIT(self->cur_ctx);
     Py_VISIT(self->ctx_snap);
@@ -400,6 +412,7 @@ static void loop_release_all(LoopObject *self)
         PyDict_Clear(self->watchers);
     }
     qloop_streams_release(self);
+    qloop_streams_drop_deferred(self);
 }
 
 static int loop_clear(LoopObject *self)

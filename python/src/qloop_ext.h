@@ -151,6 +151,10 @@ struct LoopObject {
     PyObject *pending_exc;       /* SystemExit/KeyboardInterrupt ending a run */
     PyObject *watchers;          /* dict: fd -> Watcher */
     PyObject *streams;           /* set: StreamTransports whose fd is watched */
+    /* StreamTransports whose sends wait for the end of the pass (strong;
+     * stream.c) */
+    PyObject **deferred;
+    Py_ssize_t n_deferred, deferred_cap;
     char closed;
     char debug;
     /* Its traverse met handles it does not own alone: see handle.c. */
@@ -243,6 +247,10 @@ int qloop_datagram_exec(PyObject *module);
 void qloop_stream_ring_run(ql_loop *ql, void *arg);
 /* Stop watching every transport of the loop and empty loop->streams. */
 void qloop_streams_release(LoopObject *loop);
+/* The reactor's check hook: send what write() deferred during the pass. */
+void qloop_streams_flush(LoopObject *loop);
+/* Teardown: forget the deferred list (its transports are being dropped). */
+void qloop_streams_drop_deferred(LoopObject *loop);
 int qloop_stream_exec(PyObject *module, qloop_state *st);
 int qloop_stream_traverse(qloop_state *st, visitproc visit, void *arg);
 void qloop_stream_clear(qloop_state *st);

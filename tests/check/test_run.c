@@ -1,6 +1,7 @@
 /*
  * Run modes: DEFAULT until ql_loop_stop, stop before run, ONCE blocks until
- * something happens, NOWAIT never blocks, ql_loop_break, nested runs.
+ * something happens, NOWAIT never blocks, ql_loop_break, nested runs, the
+ * check hook.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -403,6 +404,60 @@ START_TEST(run_nested_is_refused)
 }
 END_TEST
 
+/* The check hook runs at the end of every iteration, after the ready pass
+ * (so after what the pass ran), also after a callback broke the run; what
+ * it queues runs in the next iteration, whose poll then does not block. */
+typedef struct hook_log {
+    int calls;
+    int ran_before_first; /* callback runs seen by the first call */
+    int requeue_left;
+    counter *c;
+} hook_log;
+
+static void check_hook_cb(ql_loop *loop, void *arg)
+{
+    hook_log *h = arg;
+    if (h->calls++ == 0)
+        h->ran_before_first = h->c->runs;
+    if (h->requeue_left > 0) {
+        h->requeue_left--;
+        ck_assert_int_eq(ql_call_soon(loop, counter_cb, h->c), 0);
+    }
+}
+
+START_TEST(run_check_hook_after_each_pass)
+{
+    ql_loop *loop = ql_test_loop_new();
+    counter c = {0};
+    hook_log h = {.requeue_left = 2, .c = &c};
+    ql_loop_set_check_hook(loop, check_hook_cb, &h);
+    ck_assert_int_eq(ql_call_soon(loop, counter_cb, &c), 0);
+    ck_assert_int_eq(ql_call_soon(loop, counter_cb, &c), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_ONCE), 0);
+    ck_assert_int_eq(h.calls, 1);
+    ck_assert_int_eq(h.ran_before_first, 2);
+    /* The hook queued c: two more iterations that do not block (a far
+     * timer would hold a blocking poll for 10 s). */
+    ql_timer far;
+    arm_far_timer(loop, &far);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_ONCE), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_ONCE), 0);
+    ck_assert_int_eq(c.runs, 4);
+    ck_assert_int_eq(h.calls, 3);
+    /* A callback that breaks the run: the hook still ends the pass. */
+    counter b = {.break_at = 1};
+    ck_assert_int_eq(ql_call_soon(loop, counter_cb, &b), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_DEFAULT), QL_BROKEN);
+    ck_assert_int_eq(h.calls, 4);
+    ql_timer_stop(loop, &far);
+    ql_loop_set_check_hook(loop, NULL, NULL);
+    ck_assert_int_eq(ql_call_soon(loop, counter_cb, &c), 0);
+    ck_assert_int_eq(ql_loop_run(loop, QL_RUN_NOWAIT), 0);
+    ck_assert_int_eq(h.calls, 4);
+    ql_test_loop_free(loop);
+}
+END_TEST
+
 Suite *run_suite(void)
 {
     Suite *s = suite_create("run");
@@ -418,6 +473,7 @@ Suite *run_suite(void)
     tcase_add_test(tc, run_break_timer);
     tcase_add_test(tc, run_break_io);
     tcase_add_test(tc, run_nested_is_refused);
+    tcase_add_test(tc, run_check_hook_after_each_pass);
     suite_add_tcase(s, tc);
     return s;
 }
