@@ -46,6 +46,9 @@ import _common  # noqa: E402
 from _common import log  # noqa: E402
 
 BENCHES = ("httptools", "aiohttp")
+# server CPU per request: (op, max qloop/uvloop)
+TARGETS = {"httptools": ("<=", 0.85)}
+CONNECTIONS = 50  # wrk's keep-alive connections
 BODY = b"Hello, World!"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
@@ -227,8 +230,10 @@ def run_wrk(proc, port, duration, connections, cpu):
 
 
 def run_bench(kind, loops, reps, duration, warmup, connections, cpus,
-              started):
-    """{loop: {"runs": [...], "error": str or None}} for one server kind."""
+              started, measure=run_wrk):
+    """{loop: {"runs": [...], "error": str or None}} for one server kind.
+    `measure` replaces run_wrk for the measured runs, with its arguments
+    (perf/floor.py profiles the server during them)."""
     srv_cpu, wrk_cpu = cpus
     cells = {l: {"runs": [], "error": None} for l in loops}
     servers = {}
@@ -263,7 +268,7 @@ def run_bench(kind, loops, reps, duration, warmup, connections, cpus,
                     f"{connections} connections)")
                 proc, port = servers[l]
                 try:
-                    res = run_wrk(proc, port, duration, connections, wrk_cpu)
+                    res = measure(proc, port, duration, connections, wrk_cpu)
                 except (RuntimeError, subprocess.TimeoutExpired,
                         OSError) as e:
                     cell["error"] = _common.first_line(e)
@@ -278,6 +283,20 @@ def run_bench(kind, loops, reps, duration, warmup, connections, cpus,
         for proc, _ in servers.values():
             stop_server(proc)
     return cells
+
+
+def missing_tools(benches):
+    """{benchmark: why it cannot run} for those of `benches` whose tools
+    (wrk, the server's Python package) are missing."""
+    if not shutil.which("wrk"):
+        return {b: "wrk is not installed" for b in benches}
+    missing = {}
+    for b in benches:
+        r = subprocess.run([sys.executable, "-c", f"import {b}"],
+                           stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            missing[b] = f"{b} is not installed"
+    return missing
 
 
 def rows_of(kind, cells, unavailable):
@@ -305,7 +324,7 @@ def rows_of(kind, cells, unavailable):
     return [
         _common.make_row(f"{kind}_cpu", f"{label}: server CPU per request",
                          "server_cpu_us_per_req", "µs/req", "lower", cpu,
-                         ("<=", 0.85) if kind == "httptools" else None),
+                         TARGETS.get(kind)),
         _common.make_row(f"{kind}_user_cpu",
                          f"{label}: server user-space CPU per request "
                          "(the rest is the kernel's)",
@@ -329,7 +348,7 @@ def main():
                     help="seconds of wrk per run (default 5, --quick 1)")
     ap.add_argument("--warmup", type=int,
                     help="seconds of warm-up (default 2, --quick 1)")
-    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--connections", type=int, default=CONNECTIONS)
     ap.add_argument("--loops", default=",".join(_common.LOOPS))
     ap.add_argument("--bench", help="comma-separated, from " +
                     ",".join(BENCHES))
@@ -360,15 +379,7 @@ def main():
     log(f"servers on CPU {cpus[0]}, wrk on CPU {cpus[1]}; {reps} "
         f"repetitions of {duration} s")
     descs, unavailable = _common.probe_loops(loops)
-    bench_unavailable = {}
-    if not shutil.which("wrk"):
-        bench_unavailable = {b: "wrk is not installed" for b in benches}
-    for b, mod in (("httptools", "httptools"), ("aiohttp", "aiohttp")):
-        if b in benches and b not in bench_unavailable:
-            r = subprocess.run([sys.executable, "-c", f"import {mod}"],
-                               stderr=subprocess.PIPE, text=True)
-            if r.returncode != 0:
-                bench_unavailable[b] = f"{mod} is not installed"
+    bench_unavailable = missing_tools(benches)
     rows = []
     for b in benches:
         live = [l for l in loops if l in descs]

@@ -394,11 +394,18 @@ def new_cell():
     return {"runs": [], "error": None, "rep_of_run": []}
 
 
-def run_all(loops, benches, reps, quick, cpus, tools):
+def run_all(loops, benches, reps, quick, cpus, tools, measure=run_load,
+            c_server=True, durations=None):
     """results[(style, size)][loop or C_SERVER] = cell; cells of the C
-    server are under every style, the same object."""
+    server are under every style, the same object.
+
+    For a suite that measures these servers differently (perf/floor.py):
+    `measure` replaces run_load for the measured runs (not the probe), with
+    its arguments; c_server=False leaves the pure-C server out (its cells
+    stay empty); `durations` = (warm-up, window) in seconds replaces the
+    defaults."""
     server_cpu, load_cpu = cpus
-    warmup, duration = (0.1, 0.3) if quick else (0.5, 2.0)
+    warmup, duration = durations or ((0.1, 0.3) if quick else (0.5, 2.0))
     styles = [s for s in STYLES if any(b[0] == s for b in benches)]
     sizes_of = {s: [z for z in SIZES if (s, z) in benches] for s in styles}
     all_sizes = [z for z in SIZES if any(b[1] == z for b in benches)]
@@ -440,7 +447,7 @@ def run_all(loops, benches, reps, quick, cpus, tools):
                 cell = cells[z]
                 if cell["error"]:
                     continue
-                doc, why = run_load(
+                doc, why = measure(
                     tools, port, s.proc.pid, load_cpu,
                     ["--conns", CONNS, "--size", SIZES[z], "--warmup", warmup,
                      "--duration", duration], timeout=gen_timeout)
@@ -474,7 +481,8 @@ def run_all(loops, benches, reps, quick, cpus, tools):
 
     for rep in range(reps):
         for style in styles:
-            who_all = list(loops) + ([C_SERVER] if style == styles[0] else [])
+            who_all = list(loops) + \
+                ([C_SERVER] if c_server and style == styles[0] else [])
             k = rep % len(who_all)
             order = who_all[k:] + who_all[:k]
             for who in order:
