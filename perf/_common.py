@@ -230,6 +230,14 @@ def fmt_ratio_range(stats):
             f"{stats['max']:.3f}]")
 
 
+def fmt_met(met):
+    """The met? column: yes, **no**, - (no target or no figure), or the
+    suite's own word when it gives one (perf/floor.py: "unreachable")."""
+    if isinstance(met, str):
+        return met
+    return {True: "yes", False: "**no**", None: "-"}[met]
+
+
 def markdown_table(header, rows, align):
     """`align` is one character per column: l, r or c."""
     marks = {"l": "---", "r": "---:", "c": ":---:"}
@@ -463,7 +471,7 @@ def contract_markdown(title, doc, notes=()):
                     + cells +
                     [fmt_ratio(r["qloop_vs_uvloop"]),
                      fmt_ratio(r["qloop_vs_asyncio"]), r["target"] or "none",
-                     {True: "yes", False: "**no**", None: "-"}[r["met"]]])
+                     fmt_met(r["met"])])
     out.append(markdown_table(header, rows, "ll" + "r" * len(loops) + "rrrc"))
     out.append("")
     out.append("Loops:")

@@ -121,6 +121,30 @@ def test_report_only_diag(tmp_path):
     assert [r["met"] for r in rows] == [None, True, False]
 
 
+def test_report_only_floor(tmp_path):
+    """The floor suite's own word in the met? column; no chart panel."""
+    import floor
+    rows = [floor.row("b_total", "b: server CPU under perf", "cpu", "µs/req",
+                      {"uvloop": ([10.0], None, None),
+                       "qloop": ([9.0], None, None)}, vs_uvloop=0.9),
+            floor.row("b_floor", "b: floor", "floor_ratio", "x",
+                      {"qloop": ([0.88, 0.87, 0.9], None, None)},
+                      vs_uvloop=0.88, target="<= 0.85x uvloop",
+                      met=floor.verdict(_common.summarize([0.88, 0.87, 0.9]),
+                                        0.85))]
+    _common.write_json(str(tmp_path / "floor.json"), {
+        "suite": "floor", "meta": _common.machine_meta(0),
+        "loops": {"uvloop": "u", "qloop": "q"}, "unavailable": {},
+        "rows": rows})
+    r = run_report(tmp_path, "--only", "floor")
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "summary.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("| b: floor"))
+    assert "0.880 [0.870-0.900]" in line and "0.88x" in line
+    assert line.endswith("| <= 0.85x uvloop | unreachable |")
+    assert "floor" in bench.NOT_CHARTED and "floor" in bench.SUITES
+
+
 def test_diag_suite_gets_no_loops_option():
     class Args:
         results, quick, loops = "/tmp/r", True, "qloop,uvloop"

@@ -3,7 +3,9 @@ build with nothing but a C compiler, the generator counts requests and the
 server's CPU, checks every byte and notices a server that corrupts the
 echo; perf/echo.py runs a cell end to end; perf/diag.py pairs its runs,
 configures the build without diagnostics like the default one, and runs
-end to end on the qloop variants.
+end to end on the qloop variants; perf/floor.py reads `perf report`, puts
+each DSO in its bucket, computes its bound rows, and is n/a (exit 0) when
+perf is missing or cannot sample.
 
 These test the benchmark, not a loop's speed: no timing is asserted.
 """
@@ -22,6 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "perf"))
 import _common  # noqa: E402
 import diag  # noqa: E402  perf/diag.py
 import echo  # noqa: E402  perf/echo.py
+import floor  # noqa: E402  perf/floor.py
 
 import qloop  # noqa: E402
 
@@ -230,3 +233,198 @@ def test_diag_suite_end_to_end(tmp_path):
         assert "with diagnostics" in doc["unavailable"]["qloop-nodiag"]
         assert off["loops"]["qloop"]["stats"] is None
         assert "not run" in off["loops"]["qloop"]["error"]
+
+
+# -- perf/floor.py ---------------------------------------------------------------
+
+def fake_loop_package(tmp_path, name):
+    """A package `name` laid out as tools/inplace.sh lays qloop out: its
+    extension a symlink into a build directory elsewhere."""
+    build = tmp_path / "build" / "python"
+    build.mkdir(parents=True)
+    so = build / f"_{name}.cpython-x.so"
+    so.write_bytes(b"")
+    pkg = tmp_path / "site" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / so.name).symlink_to(so)
+    (tmp_path / "site" / f"{name}.libs").mkdir()
+    return str(tmp_path / "site"), str(so)
+
+
+def test_floor_buckets_from_a_perf_report(tmp_path, monkeypatch):
+    site, so = fake_loop_package(tmp_path, "fakeloop")
+    monkeypatch.syspath_prepend(site)
+    loop = floor.loop_code("fakeloop")
+    assert so in loop[1]  # found through the symlink
+    interp = floor.interpreter_code()
+    dynload = sysconfig.get_config_var("DESTSHARED")
+    exe = os.path.realpath(sys.executable)
+    report = f"""\
+# To display the perf.data header info, please use --header/--header-only options.
+#
+# Samples: 10K of event 'cpu-clock'
+#
+# Overhead       Samples  Shared Object
+# ........  ............  .............
+#
+    60.00%          6000  [kernel.kallsyms]
+    10.00%          1000  /opt/py/lib/libpython3.11.so.1.0
+     5.00%           500  {exe}
+     4.00%           400  {dynload}/_asyncio.cpython-311-x86_64-linux-gnu.so
+     6.00%           600  /usr/lib/x86_64-linux-gnu/libc.so.6
+     1.00%           100  /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+     5.00%           500  {so}
+     2.00%           200  {site}/fakeloop.libs/libuv-1a2b.so.1.0.0
+     3.00%           300  /site-packages/httptools/parser/parser.cpython-311.so
+     2.00%           200  [unknown]
+     1.00%           100  [vdso]
+     1.00%           100  /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+
+
+#
+# (Tip: ...)
+#
+"""
+    entries = floor.parse_report(report)
+    assert entries[0] == ("[kernel.kallsyms]", 6000)
+    assert len(entries) == 12 and sum(n for _, n in entries) == 10000
+    shares, total, dsos = floor.bucket_shares(entries, loop, interp)
+    assert total == 10000
+    assert shares == pytest.approx({"kernel": 0.61, "interpreter": 0.19,
+                                    "libc": 0.07, "loop": 0.07,
+                                    "other": 0.06})
+    assert dsos["[vdso]"] == pytest.approx(0.01)
+    # the path perf names may be the link's, too
+    assert floor.bucket_of(os.path.join(site, "fakeloop",
+                                        os.path.basename(so)),
+                           loop, interp) == "loop"
+    # the loop's code is its package's, not whatever is named like it
+    assert floor.bucket_of("/elsewhere/_fakeloop.cpython-x.so", loop,
+                           interp) == "other"
+    assert floor.bucket_of("/usr/lib/libm.so.6", loop, interp) == "libc"
+    assert floor.bucket_of("/usr/lib/libmagic.so.1", loop, interp) == "other"
+
+
+def floor_cells(q, uv):
+    """{loop: cell} from {rep: (total, loop µs, libc µs, kernel µs)}."""
+    def cell(runs):
+        out = {}
+        for rep, (total, own, libc, kernel) in runs.items():
+            us = {"kernel": kernel, "interpreter": total - own - libc - kernel,
+                  "libc": libc, "loop": own, "other": 0.0}
+            out[rep] = {"total": total, "unprofiled": total / 1.02,
+                        "samples": 1000, "us": us,
+                        "shares": {b: v / total for b, v in us.items()},
+                        "dsos": {"[kernel.kallsyms]": kernel / total}}
+        return {"runs": out, "error": None}
+    return {"uvloop": cell(uv), "rloop": {"runs": {}, "error": "boom"},
+            "qloop": cell(q)}
+
+
+def floor_rows(cells):
+    return {r["bench"][len("sock_100k_"):]: r
+            for r in floor.bench_rows("sock_100k", cells, floor.LOOPS)}
+
+
+def test_floor_bound_rows():
+    uv = {0: (50.0, 2.0, 1.0, 40.0), 1: (40.0, 2.0, 1.0, 32.0)}
+    q = {0: (30.0, 0.5, 2.5, 25.0), 1: (30.0, 0.5, 2.5, 25.0),
+         2: (99.0, 1.0, 1.0, 90.0)}  # rep 2: no uvloop to pair with
+    rows = floor_rows(floor_cells(q, uv))
+    assert floor.TARGETS["sock_100k"] == 0.5
+    fl = rows["floor"]
+    # (30 - 0.5 - 2.5) / 50 and / 40
+    assert fl["loops"]["qloop"]["extra"]["reps"] == [0, 1]
+    assert fl["loops"]["qloop"]["stats"]["min"] == pytest.approx(0.54)
+    assert fl["loops"]["qloop"]["stats"]["max"] == pytest.approx(0.675)
+    assert fl["qloop_vs_uvloop"] == pytest.approx((0.54 + 0.675) / 2)
+    assert fl["target"] == "<= 0.5x uvloop" and fl["unit"] == "x"
+    assert fl["met"] == "unreachable"
+    only = rows["kernel_only"]
+    assert only["loops"]["qloop"]["stats"]["median"] == \
+        pytest.approx((25 / 50 + 25 / 40) / 2)
+    assert only["met"] is None
+    tot = rows["total"]
+    assert tot["qloop_vs_uvloop"] == pytest.approx((30 / 50 + 30 / 40) / 2)
+    assert tot["loops"]["qloop"]["stats"]["median"] == 30.0
+    assert tot["loops"]["rloop"]["error"] == "boom"
+    assert rows["loop"]["loops"]["qloop"]["stats"]["median"] == 0.5
+    assert rows["perf_cost"]["loops"]["uvloop"]["stats"]["median"] == \
+        pytest.approx(1.02)
+    # below the target in every repetition; then one each side
+    rows = floor_rows(floor_cells({0: (20.0, 1.0, 1.0, 15.0)}, uv))
+    assert rows["floor"]["met"] == "not ruled out"
+    rows = floor_rows(floor_cells({0: (20.0, 1.0, 1.0, 15.0),
+                                   1: (30.0, 1.0, 1.0, 25.0)}, uv))
+    assert rows["floor"]["met"].startswith("unclear")
+    # no uvloop: no bound, with the reason
+    cells = floor_cells(q, uv)
+    cells["uvloop"] = {"runs": {}, "error": "not run: missing"}
+    fl = floor_rows(cells)["floor"]
+    assert fl["met"] is None and fl["loops"]["qloop"]["stats"] is None
+    assert fl["loops"]["qloop"]["error"] == "not run: missing"
+
+
+def run_floor(tmp_path, *args):
+    out = tmp_path / "floor.json"
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "perf", "floor.py"), "--quick",
+         "--json", str(out), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        timeout=180)
+    assert r.returncode == 0, r.stderr
+    return r, json.loads(out.read_text())
+
+
+def assert_all_na(doc, why):
+    assert doc["rows"]
+    for row in doc["rows"]:
+        for c in row["loops"].values():
+            assert c["stats"] is None and why in c["error"], row
+        assert row["met"] is None
+
+
+def test_floor_without_perf(tmp_path):
+    r, doc = run_floor(tmp_path, "--perf", str(tmp_path / "no-perf"))
+    assert "not installed" in doc["perf"]["problem"]
+    assert_all_na(doc, "not installed")
+    assert {r["bench"] for r in doc["rows"]} >= {
+        "streams_1k_floor", "sock_100k_floor", "httptools_floor"}
+    assert "Not measured: perf is not installed" in r.stdout
+
+
+def test_floor_when_perf_cannot_sample(tmp_path):
+    fake = tmp_path / "perf"
+    # what perf 6.1 says, shortened
+    fake.write_text("#!/bin/sh\ncat >&2 <<EOF\nError:\nAccess to "
+                    "performance monitoring and observability operations is "
+                    "limited.\nConsider adjusting /proc/sys/kernel/"
+                    "perf_event_paranoid setting to open\nperf_event_paranoid "
+                    "setting is 3:\n  -1: Allow use of (almost) all events "
+                    "by all users\nEOF\nexit 255\n")
+    fake.chmod(0o755)
+    r, doc = run_floor(tmp_path, "--perf", str(fake), "--bench", "httptools")
+    assert_all_na(doc, "perf_event_paranoid setting is 3")
+    assert [r["bench"] for r in doc["rows"]][0] == "httptools_total"
+
+
+@pytest.mark.skipif(floor.perf_problem("perf") is not None,
+                    reason="perf cannot sample here")
+def test_floor_suite_one_cell(tmp_path):
+    """qloop's streams echo under perf: its own module is found in the
+    samples (the in-place build's symlinked extension included)."""
+    r, doc = run_floor(tmp_path, "--loops", "qloop", "--bench", "streams_1k")
+    rows = {r["bench"]: r for r in doc["rows"]}
+    total = rows["streams_1k_total"]["loops"]["qloop"]
+    assert total["error"] is None, total
+    assert total["stats"]["median"] > 0
+    assert total["extra"]["samples"][0] > 0
+    assert total["extra"]["unprofiled"]["median"] > 0
+    for b in ("kernel", "interpreter", "loop"):
+        assert rows[f"streams_1k_{b}"]["loops"]["qloop"]["stats"]["median"] \
+            > 0, b
+    shares = {b: s["median"] for b, s in total["extra"]["shares"].items()}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert rows["streams_1k_floor"]["loops"]["qloop"]["error"] == \
+        "uvloop not run"
