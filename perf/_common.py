@@ -26,6 +26,11 @@ LOOPS = ("asyncio", "uvloop", "rloop", "qloop")
 # from, perf/diag.py builds it) and the default build with the watchdog and
 # slow-callback reports on, at DIAG_ON_SECONDS.
 QLOOP_VARIANTS = ("qloop-nodiag", "qloop-diag")
+# qloop with write batching on (loop.set_write_batching(True), what
+# QLOOP_BATCH_WRITES=1 does; off by default): an extra column of the echo
+# and HTTP suites, for information -- the targets are judged on "qloop".
+BATCH_VARIANT = "qloop-batch"
+STREAM_LOOPS = LOOPS + (BATCH_VARIANT,)
 NODIAG_PATH_ENV = "QLOOP_NODIAG_PATH"
 DIAG_ON_SECONDS = 0.1
 
@@ -52,6 +57,11 @@ def new_loop(name):
         return qloop.new_event_loop()
     if name in QLOOP_VARIANTS:
         return import_qloop_variant(name).new_event_loop()
+    if name == BATCH_VARIANT:
+        import qloop
+        loop = qloop.new_event_loop()
+        loop.set_write_batching(True)
+        return loop
     raise ValueError(f"unknown loop {name!r}")
 
 
@@ -84,6 +94,9 @@ def loop_description(name):
     """Version (and, for qloop, where it was imported from) of loop `name`."""
     if name == "asyncio":
         return f"CPython {platform.python_version()}"
+    if name == BATCH_VARIANT:
+        return loop_description("qloop").replace("qloop", name, 1) + \
+            ", write batching on"
     if name in QLOOP_VARIANTS:
         mod = import_qloop_variant(name) if "qloop" not in sys.modules \
             else sys.modules["qloop"]
@@ -125,7 +138,8 @@ def child_env():
     env = dict(os.environ)
     for var in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE", "PYTHONMALLOC",
                 "PYTHONTRACEMALLOC", "PYTHONPROFILEIMPORTTIME",
-                "QLOOP_WATCHDOG_MS", "QLOOP_SLOW_CALLBACK_MS"):
+                "QLOOP_WATCHDOG_MS", "QLOOP_SLOW_CALLBACK_MS",
+                "QLOOP_BATCH_WRITES"):
         env.pop(var, None)
     env["PYTHONHASHSEED"] = "0"
     return env

@@ -349,7 +349,7 @@ def main():
     ap.add_argument("--warmup", type=int,
                     help="seconds of warm-up (default 2, --quick 1)")
     ap.add_argument("--connections", type=int, default=CONNECTIONS)
-    ap.add_argument("--loops", default=",".join(_common.LOOPS))
+    ap.add_argument("--loops", default=",".join(_common.STREAM_LOOPS))
     ap.add_argument("--bench", help="comma-separated, from " +
                     ",".join(BENCHES))
     ap.add_argument("--json", metavar="PATH")
@@ -361,7 +361,7 @@ def main():
         loop, kind, cpu = args.server
         return server(loop, kind, int(cpu))
     try:
-        loops = _common.parse_names(args.loops, _common.LOOPS, "loop")
+        loops = _common.parse_names(args.loops, _common.STREAM_LOOPS, "loop")
         benches = _common.parse_names(args.bench, BENCHES, "benchmark") \
             if args.bench else list(BENCHES)
     except ValueError as e:

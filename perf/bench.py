@@ -81,7 +81,7 @@ NOT_CHARTED = ("floor",)
 REFERENCES = ("uvloop", "libuv")
 # Column order of the tables (the C level compares with libuv).
 COLUMNS = ("asyncio", "libuv", "uvloop", "rloop", "qloop-nodiag", "qloop",
-           "qloop-diag", "c_server")
+           "qloop-batch", "qloop-diag", "c_server")
 README_BEGIN = "<!-- bench:begin (tools/bench --update-readme rewrites this section) -->"
 README_END = "<!-- bench:end -->"
 
@@ -120,7 +120,10 @@ def suite_args(name, args, benches):
             cmd += ["--only", ",".join(benches)]
         return cmd
     if args.loops and name != "diag":  # diag: qloop's builds, its own loops
-        cmd += ["--loops", args.loops]
+        loops = args.loops.split(",")
+        if name not in ("echo", "http"):  # the only ones with qloop-batch
+            loops = [l for l in loops if l != _common.BATCH_VARIANT]
+        cmd += ["--loops", ",".join(loops)]
     if benches:
         cmd += ["--bench", ",".join(benches)]
     return cmd
@@ -455,7 +458,7 @@ def main():
 
     try:
         if args.loops:
-            _common.parse_names(args.loops, _common.LOOPS, "loop")
+            _common.parse_names(args.loops, _common.STREAM_LOOPS, "loop")
         suites = (_common.parse_names(args.only, tuple(SUITES), "suite")
                   if args.only else list(SUITES))
     except ValueError as e:

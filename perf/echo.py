@@ -700,8 +700,9 @@ def main():
                     help="2 repetitions, 0.3 s windows (well under a minute)")
     ap.add_argument("--reps", type=int,
                     help="repetitions per cell (default 5, --quick 2)")
-    ap.add_argument("--loops", default=",".join(_common.LOOPS),
-                    help="comma-separated, from " + ",".join(_common.LOOPS))
+    ap.add_argument("--loops", default=",".join(_common.STREAM_LOOPS),
+                    help="comma-separated, from " +
+                    ",".join(_common.STREAM_LOOPS))
     ap.add_argument("--bench", help="comma-separated: a style (" +
                     ", ".join(STYLES) + "), a size (" + ", ".join(SIZES) +
                     ") or style_size; default: all")
@@ -720,7 +721,7 @@ def main():
         return server_main(*args.server)
 
     try:
-        loops = _common.parse_names(args.loops, _common.LOOPS, "loop")
+        loops = _common.parse_names(args.loops, _common.STREAM_LOOPS, "loop")
     except ValueError as e:
         ap.error(str(e))
     benches = parse_benches(args.bench, ap)

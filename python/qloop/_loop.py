@@ -12,6 +12,7 @@ test_footprint.py checks which modules it loads).
 """
 
 import ipaddress
+import os
 import selectors
 import socket
 import sys
@@ -80,6 +81,8 @@ class Loop(_qloop.CLoop, _diagnostics.DiagnosticsMixin,
 
     def __init__(self):
         super().__init__(selector=_WatcherView(self))
+        if os.environ.get("QLOOP_BATCH_WRITES", "0") not in ("", "0"):
+            self.set_write_batching(True)
 
     # -- running ----------------------------------------------------------
 

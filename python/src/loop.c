@@ -770,6 +770,24 @@ static PyObject *loop__set_c_debug(LoopObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* set_write_batching(enabled) / get_write_batching(): whether stream
+ * transports' writes from callbacks wait for the end of the pass
+ * (stream.c).  Off by default: asyncio's write() sends at once. */
+static PyObject *loop_set_write_batching(LoopObject *self, PyObject *arg)
+{
+    int v = PyObject_IsTrue(arg);
+    if (v < 0)
+        return NULL;
+    self->batch_writes = (char)v;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_get_write_batching(LoopObject *self,
+                                         PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->batch_writes);
+}
+
 static PyObject *loop__stats(LoopObject *self, PyObject *Py_UNUSED(ignored))
 {
     ql_stats s = {0};
@@ -1169,6 +1187,10 @@ static PyMethodDef loop_methods[] = {
     {"_run", (PyCFunction)loop__run, METH_NOARGS, NULL},
     {"_close_reactor", (PyCFunction)loop__close_reactor, METH_NOARGS, NULL},
     {"_set_c_debug", (PyCFunction)loop__set_c_debug, METH_O, NULL},
+    {"set_write_batching", (PyCFunction)loop_set_write_batching, METH_O,
+     NULL},
+    {"get_write_batching", (PyCFunction)loop_get_write_batching,
+     METH_NOARGS, NULL},
     {"get_debug", (PyCFunction)qloop_loop_get_debug, METH_NOARGS, NULL},
     {"create_future", (PyCFunction)qloop_loop_create_future, METH_NOARGS,
      NULL},

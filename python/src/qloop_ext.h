@@ -157,6 +157,7 @@ struct LoopObject {
     Py_ssize_t n_deferred, deferred_cap;
     char closed;
     char debug;
+    char batch_writes; /* set_write_batching(): see stream.c */
     /* Its traverse met handles it does not own alone: see handle.c. */
     char gc_sweep_pending;
     LoopObject *gc_sweep_next;

@@ -1,21 +1,42 @@
-"""Sends a stream transport defers to the end of the loop's pass.
+"""Write batching: stream transports' sends deferred to the end of the pass.
 
-qloop's write() made from a callback, with nothing queued, waits until the
-loop has run the pass and then goes out with the pass's other sends (as
-uvloop's writes do).  asyncio's write() sends at once.  The first tests run
-against both loops: whatever a program can observe -- the buffer size, what
-abort(), close() and write_eof() send, flow control, a run ended by an
-exception -- must be what asyncio gives.  The qloop-only tests pin the
-deferral itself: that it happens, and where it does not.
+With loop.set_write_batching(True) (or QLOOP_BATCH_WRITES=1; off by
+default), qloop's write() made from a callback, with nothing queued, waits
+until the loop has run the pass and then goes out with the pass's other
+sends (as uvloop's writes do).  asyncio's write() sends at once, and so
+does qloop's by default.  The first tests run against asyncio's loop and
+against qloop with batching on: whatever a program can observe -- the
+buffer size, what abort(), close() and write_eof() send, flow control, a
+run ended by an exception -- must be what asyncio gives.  The qloop-only
+tests pin the switch and the deferral itself: that it happens, and where it
+does not.
 """
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
+import qloop
 
 from test_transports import (HOST, KiB, Proto, made, recv_all, run,
                              transport_and_raw_peer)
+
+
+@pytest.fixture
+def loop(loop):
+    """The loop under test; a qloop one with write batching on."""
+    if isinstance(loop, qloop.Loop):
+        loop.set_write_batching(True)
+    return loop
+
+
+@pytest.fixture
+def qloop_loop(qloop_loop):
+    qloop_loop.set_write_batching(True)
+    return qloop_loop
 
 
 def in_one_callback(loop, fn):
@@ -202,3 +223,40 @@ def test_no_deferral_when_the_loop_is_not_running(qloop_loop):
         assert not _not_sent_yet(peer)
         tr.close()
         assert run(loop, recv_all(loop, peer)) == b"f" * 10
+
+
+def test_off_by_default_write_sends_at_once():
+    lp = qloop.new_event_loop()
+    try:
+        assert lp.get_write_batching() is False
+
+        async def main():
+            tr, pr, peer = await transport_and_raw_peer(lp)
+            with peer:
+                sent_at_once = await in_one_callback(
+                    lp, lambda: (tr.write(b"g" * 10),
+                                 not _not_sent_yet(peer))[1])
+                assert sent_at_once
+                tr.close()
+                assert await recv_all(lp, peer) == b"g" * 10
+        run(lp, main())
+    finally:
+        lp.close()
+
+
+def test_switch_and_environment():
+    lp = qloop.new_event_loop()
+    try:
+        lp.set_write_batching(1)
+        assert lp.get_write_batching() is True
+        lp.set_write_batching(False)
+        assert lp.get_write_batching() is False
+    finally:
+        lp.close()
+    code = ("import qloop; lp = qloop.new_event_loop(); "
+            "print(lp.get_write_batching()); lp.close()")
+    for value, want in (("1", "True"), ("0", "False"), ("", "False")):
+        env = dict(os.environ, QLOOP_BATCH_WRITES=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want, (value, out.stderr)
