@@ -111,7 +111,7 @@ PERF_MARGIN = {"start": 0.1, "stop": 0.1}
 
 # -- perf ----------------------------------------------------------------------
 
-def perf_problem(perf):
+def perf_problem(perf, freq=FREQ):
     """None when `perf record` can sample the CPU clock here, else why not
     (perf missing, perf_event_paranoid, no permission)."""
     exe = shutil.which(perf)
@@ -121,7 +121,7 @@ def perf_problem(perf):
         data = os.path.join(tmp, "probe.data")
         try:
             r = subprocess.run([exe, "record", "-q", "-e", "cpu-clock", "-F",
-                                str(FREQ), "-o", data, "--", "true"],
+                                str(freq), "-o", data, "--", "true"],
                                stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
                                timeout=60, env=echo.tool_env())
@@ -147,7 +147,7 @@ def perf_error_text(output, returncode):
 
 
 class Profile:
-    """perf record on one process, from start() to stop()."""
+    """perf record on one process, from its creation to stop()."""
 
     def __init__(self, perf, pid, cpu, freq, path):
         self.path = path
@@ -704,7 +704,7 @@ def main():
               "echo_window_s": window,
               "wrk_duration_s": WRK_DURATION[args.quick],
               "wrk_warmup_s": WRK_WARMUP[args.quick]}
-    problem = perf_problem(args.perf)
+    problem = perf_problem(args.perf, args.freq)
     descs, unavailable, cells = {}, {}, {}
     if problem:
         log(f"floor: every cell n/a: {problem}")
