@@ -51,8 +51,10 @@ Suite = collections.namedtuple("Suite", "title quick_args full_args timeout")
 # a source change, also builds the C benchmark, the wheel and the build
 # without diagnostics).  Every loop and every target row stays; the suites
 # whose quick mode is long run one repetition per cell, HTTP only its
-# target server (httptools).  A --bench here is a default that the command
-# line's --bench for that suite replaces.
+# target server (httptools).  floor, whose rows explain other suites'
+# targets rather than hold its own, runs only its first benchmark.  A
+# --bench here is a default that the command line's --bench for that suite
+# replaces.
 SUITES = {
     "c_compare": Suite("C level: qloop's reactor vs libuv",
                        ["--reps", "1"], [], 1800),
