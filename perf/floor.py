@@ -321,6 +321,7 @@ class Profiler:
                 if ended:
                     why = "the measured run ended before perf stopped"
                 else:
+                    t.join()  # perf report's CPU is not the load's
                     entries = prof.report()
             else:
                 why = "the measured run ended before perf started"
