@@ -240,6 +240,8 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (!self)
         return NULL;
     self->st = st;
+    for (int i = 0; i < QLOOP_BIG_READ_SLOTS; i++)
+        self->big_read_fd[i] = -1;
     self->watchers = PyDict_New();
     if (!self->watchers) {
         Py_DECREF(self);

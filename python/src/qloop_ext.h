@@ -94,6 +94,7 @@ static inline PyObject *qloop_call_method2(PyObject *name, PyObject *obj,
 }
 
 typedef struct LoopObject LoopObject;
+#define QLOOP_BIG_READ_SLOTS 64
 typedef struct qloop_diag qloop_diag; /* diag.c */
 
 /* The fields every handle has.  Handle and TimerHandle each append their
@@ -158,6 +159,9 @@ struct LoopObject {
     char closed;
     char debug;
     char batch_writes; /* set_write_batching(): see stream.c */
+    /* sock.c: fds whose last direct sock_recv() read 32 KiB or more, by
+     * fd % QLOOP_BIG_READ_SLOTS (a slot holds the fd, or -1) */
+    int big_read_fd[QLOOP_BIG_READ_SLOTS];
     /* Its traverse met handles it does not own alone: see handle.c. */
     char gc_sweep_pending;
     LoopObject *gc_sweep_next;

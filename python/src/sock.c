@@ -32,6 +32,7 @@
  */
 #include <errno.h>
 #include <stddef.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include "qloop_ext.h"
@@ -539,12 +540,58 @@ static int direct_result(ssize_t r, ssize_t *n)
     return -1;
 }
 
+/* From this size on, a sock_recv() goes straight into a bytes of what is
+ * queued (FIONREAD) when the fd's last one read that much: the ioctl
+ * costs less than copying it out of the shared buffer (as stream.c). */
+#define SOCK_DIRECT_READ (32 * 1024)
+
+/* The last read on fd was big: the next goes straight into a bytes. */
+static int *big_read_slot(LoopObject *loop, int fd)
+{
+    return loop ? &loop->big_read_fd[fd % QLOOP_BIG_READ_SLOTS] : NULL;
+}
+
+/* recv() of what FIONREAD says is queued (at most len), into a bytes of
+ * that size: NULL with *handled 0 when less than SOCK_DIRECT_READ is
+ * queued (the caller reads into the shared buffer: it tells EOF from
+ * nothing yet), else as direct_recv. */
+static PyObject *recv_queued(int fd, Py_ssize_t len, int *handled)
+{
+    int avail = 0;
+    *handled = 0;
+    if (ioctl(fd, FIONREAD, &avail) < 0 || avail < SOCK_DIRECT_READ)
+        return NULL;
+    Py_ssize_t want = avail < len ? avail : len;
+    PyObject *data = PyBytes_FromStringAndSize(NULL, want);
+    *handled = 1;
+    if (!data)
+        return NULL;
+    for (;;) {
+        ssize_t n;
+        int rc = direct_result(recv(fd, PyBytes_AS_STRING(data), (size_t)want,
+                                    0), &n);
+        if (rc == 2)
+            continue;
+        if (rc == 0 && n == want)
+            return data;
+        PyObject *res = rc == 0 ? PyBytes_FromStringAndSize(
+                                      PyBytes_AS_STRING(data), n)
+                                : NULL; /* less than FIONREAD said: rare */
+        Py_DECREF(data);
+        return res;
+    }
+}
+
 /* sock.recv(n) on a direct socket with a plain int 0 <= n <= the shared
  * read buffer: recv() into the buffer (no 256 KiB bytes allocated and
- * shrunk per call), copied out into an exactly-sized bytes.  The result,
+ * shrunk per call), copied out into an exactly-sized bytes; or, when the
+ * fd is ready and its last read was SOCK_DIRECT_READ or more, straight
+ * into a bytes of what is queued (not on the first try, which mostly
+ * finds nothing: the ioctl would be one more system call).  The result,
  * NULL with an exception, or NULL without one when the call would block;
  * *handled 0 when the method must be called instead. */
-static PyObject *direct_recv(int fd, PyObject *nobj, int *handled)
+static PyObject *direct_recv(LoopObject *loop, int fd, PyObject *nobj,
+                             int ready, int *handled)
 {
     *handled = 0;
     if (!PyLong_CheckExact(nobj))
@@ -557,11 +604,23 @@ static PyObject *direct_recv(int fd, PyObject *nobj, int *handled)
     *handled = 1;
     if (len == 0)
         return PyBytes_FromStringAndSize(NULL, 0); /* as socket.recv: no call */
+    int *slot = big_read_slot(loop, fd);
+    if (ready && slot && *slot == fd && len >= SOCK_DIRECT_READ) {
+        int direct;
+        PyObject *res = recv_queued(fd, len, &direct);
+        if (direct)
+            return res;
+    }
     for (;;) {
         ssize_t n;
         int rc = direct_result(recv(fd, qloop_read_buf, (size_t)len, 0), &n);
-        if (rc == 0)
+        if (rc == 0) {
+            if (slot && n >= SOCK_DIRECT_READ)
+                *slot = fd;
+            else if (slot && n > 0 && *slot == fd)
+                *slot = -1;
             return PyBytes_FromStringAndSize(qloop_read_buf, n);
+        }
         if (rc != 2)
             return NULL;
     }
@@ -591,15 +650,16 @@ static int direct_data(PyObject *data)
 /* sock.recv(n): directly when we may; NULL without an exception when it
  * would block (directly) -- through the method, BlockingIOError.  *fdp:
  * the fd when the call was made directly, -1 otherwise. */
-static PyObject *try_recv(qloop_state *st, PyObject *sock, PyObject *n,
+static PyObject *try_recv(LoopObject *loop, PyObject *sock, PyObject *n,
                           int ready, int *fdp)
 {
+    qloop_state *st = loop->st;
     int fd = *fdp = direct_fd(st, sock, ready);
     if (fd == -2)
         return NULL;
     if (fd >= 0) {
         int handled;
-        PyObject *res = direct_recv(fd, n, &handled);
+        PyObject *res = direct_recv(loop, fd, n, ready, &handled);
         if (handled)
             return res;
         *fdp = -1;
@@ -634,13 +694,14 @@ static PyObject *accept_once(qloop_state *st, PyObject *sock)
 /* One try of a read-side operation (and accept): the same call from the
  * method's body and from the waiter.  NULL without an exception, or with
  * BlockingIOError or InterruptedError, when it would block. */
-static PyObject *try_read(qloop_state *st, int op, PyObject *sock,
+static PyObject *try_read(LoopObject *loop, int op, PyObject *sock,
                           PyObject *arg1, PyObject *arg2)
 {
+    qloop_state *st = loop->st;
     switch (op) {
     case OP_RECV: {
         int fd;
-        return try_recv(st, sock, arg1, 1, &fd);
+        return try_recv(loop, sock, arg1, 1, &fd);
     }
     case OP_ACCEPT:
         return accept_once(st, sock);
@@ -837,7 +898,7 @@ static PyObject *waiter_ready(SockWaiterObject *w)
         res = waiter_connect_result(w);
         break;
     default:
-        res = try_read(st, w->op, w->sock, w->arg1, w->arg2);
+        res = try_read(w->loop, w->op, w->sock, w->arg1, w->arg2);
         break;
     }
     if (res)
@@ -1192,9 +1253,9 @@ static PySendResult coro_start(SockCoroutineObject *c, PyObject **result)
         /* fall through */
     default:
         if (c->op == OP_RECV)
-            res = try_recv(st, sock, c->args[1], 0, &c->fd);
+            res = try_recv(c->loop, sock, c->args[1], 0, &c->fd);
         else
-            res = try_read(st, c->op, sock, c->args[1], c->args[2]);
+            res = try_read(c->loop, c->op, sock, c->args[1], c->args[2]);
         if (!res && (!PyErr_Occurred() || would_block())) {
             PyErr_Clear();
             return coro_wait(c, c->args[1], c->args[2], 0, result);

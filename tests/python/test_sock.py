@@ -61,6 +61,61 @@ def test_sock_recv_eof(loop, pair):
     assert loop.run_until_complete(loop.sock_recv(a, 100)) == b""
 
 
+def test_sock_recv_big_reads_then_small_then_eof(loop):
+    """After big reads (qloop reads the next ones, once the socket is ready,
+    into a bytes of what is queued), every read still returns exactly what
+    arrived, at most n bytes: large ones, smaller ones, small ones, and
+    then EOF (b'') when the peer shuts down."""
+    pattern = bytes(range(256)) * 1024  # 256 KiB
+
+    async def main():
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            lsock.setblocking(False)
+            peer = socket.create_connection(lsock.getsockname())
+            conn, _ = await loop.sock_accept(lsock)
+        conn.setblocking(False)
+        peer.setblocking(False)
+        with conn, peer:
+            got = bytearray()
+            sizes = [100 * 1024, 100 * 1024, 40 * 1024, 50 * 1024, 3000, 10,
+                     64 * 1024]
+            sent = 0
+            async def read_until(want):
+                while len(got) < want:
+                    data = await loop.sock_recv(conn, 256 * 1024)
+                    assert data, "EOF before the peer shut down"
+                    got.extend(data)
+
+            for size in sizes:
+                # the read waits first, as a server's does
+                reader = loop.create_task(read_until(len(got) + size))
+                await asyncio.sleep(0.001)
+                chunk = pattern[sent % 256:sent % 256 + size]
+                await loop.sock_sendall(peer, chunk)
+                sent += size
+                await reader
+                assert len(got) == sent
+            # n smaller than what is queued: at most n
+            await loop.sock_sendall(peer, pattern[:80 * 1024])
+            await asyncio.sleep(0.01)
+            part = await loop.sock_recv(conn, 33 * 1024)
+            assert 0 < len(part) <= 33 * 1024
+            rest = bytearray(part)
+            while len(rest) < 80 * 1024:
+                rest += await loop.sock_recv(conn, 256 * 1024)
+            assert bytes(rest) == pattern[:80 * 1024]
+            peer.shutdown(socket.SHUT_WR)
+            assert await asyncio.wait_for(
+                loop.sock_recv(conn, 256 * 1024), 5) == b""
+        expect = b"".join(pattern[off % 256:off % 256 + size]
+                          for off, size in zip(
+                              [sum(sizes[:i]) for i in range(len(sizes))],
+                              sizes))
+        assert bytes(got) == expect
+
+    loop.run_until_complete(main())
+
+
 def test_sock_recv_into(loop, pair):
     a, b = pair
     buf = bytearray(10)
