@@ -530,7 +530,8 @@ def bench_rows(bench, cells, loops):
     st = _common.summarize(floors)
     rows.append(row(f"{bench}_floor", f"{label}: floor, qloop/uvloop if "
                     "qloop's own module and libc took no time", "floor_ratio",
-                    "x", {"qloop": (floors, why, {"reps": reps})},
+                    "x", {"qloop": (floors, why, {"reps": reps,
+                                                  "values": floors})},
                     vs_uvloop=st and st["median"],
                     target=f"<= {target:g}x uvloop",
                     met=verdict(st, target)))
@@ -598,7 +599,10 @@ def markdown(doc, benches, loops):
                 f"qloop/uvloop under perf: {vs:.3f} (same-repetition "
                 f"median).  Floor, qloop/uvloop if qloop's own module and "
                 f"libc took no time: **{_common.fmt_ratio_range(st)}** "
-                f"against the target {fl['target']}: **{fl['met']}**.  "
+                f"against the target {fl['target']}: **{fl['met']}** "
+                f"(by repetition: " + ", ".join(
+                    f"{x:.3f}" for x in fl["loops"]["qloop"]["extra"]
+                    ["values"]) + ").  "
                 f"The kernel alone (qloop's kernel µs / uvloop's total): "
                 f"{_common.fmt_ratio_range(ko)}.")
         else:

@@ -336,6 +336,8 @@ def test_floor_bound_rows():
     fl = rows["floor"]
     # (30 - 0.5 - 2.5) / 50 and / 40
     assert fl["loops"]["qloop"]["extra"]["reps"] == [0, 1]
+    assert fl["loops"]["qloop"]["extra"]["values"] == \
+        pytest.approx([0.54, 0.675])
     assert fl["loops"]["qloop"]["stats"]["min"] == pytest.approx(0.54)
     assert fl["loops"]["qloop"]["stats"]["max"] == pytest.approx(0.675)
     assert fl["qloop_vs_uvloop"] == pytest.approx((0.54 + 0.675) / 2)
