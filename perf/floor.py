@@ -43,7 +43,10 @@ The bound rows, per repetition and then the median [range] over them:
                interpreted code, could), "not ruled out" when the whole
                range is at or below it, "unclear" when it holds it.
   kernel only  qloop's kernel µs / uvloop's total, as information.
-  perf cost    profiled / unprofiled server CPU per request, same server.
+  perf cost    profiled / unprofiled server CPU per request, same server
+               (perf's sampling interrupts count as the server's kernel
+               time: a cost c in both loops raises a floor F by
+               c (r - F) / (1 + c), r the qloop/uvloop under perf).
 The floor is computed from the profile, not asserted: it bounds what
 qloop's own code can gain, on this machine, under this load.
 
@@ -649,7 +652,12 @@ def markdown(doc, benches, loops):
         "or cheaper system calls, or less interpreted code on the server's "
         "path, could meet it; \"not ruled out\": the floor is at or below "
         "the target in every repetition (the target may still be missed); "
-        "\"unclear\": the range holds the target.",
+        "\"unclear\": the range holds the target.  perf's own cost (the "
+        "perf cost column: its sampling interrupts, in the server's "
+        "context) lands in the kernel bucket of every loop; a cost c in "
+        "both loops moves a floor F with qloop/uvloop r to (F + c r) / "
+        "(1 + c), that is c (r - F) / (1 + c) above it: 0.013 at c = 0.15 "
+        "and r - F = 0.1.",
         "", "Loops:", ""]
     for l in loops:
         out.append(f"- {l}: {doc['loops'].get(l) or 'not run: ' + doc['unavailable'].get(l, problem or '?')}")
