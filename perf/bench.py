@@ -347,7 +347,8 @@ def draw_chart(summary, path):
         return False
     colours = {"asyncio": "#9e9e9e", "libuv": "#4c72b0", "uvloop": "#4c72b0",
                "rloop": "#dd8452", "qloop": "#55a868",
-               "c_server": "#8172b2"}
+               "qloop-batch": "#a6d8a0", "c_server": "#8172b2"}
+    other = "#8172b2"  # a column without a colour of its own
     heights = [max(len(rows), 1) * 0.55 + 0.9 for _, rows in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights)),
                              gridspec_kw={"height_ratios": heights},
@@ -371,7 +372,7 @@ def draw_chart(summary, path):
                 x = v / ref
                 lo, hi = min(lo, x), max(hi, x)
                 y = i - 0.4 + width * (j + 0.5)
-                ax.barh(y, x, height=width, color=colours.get(l, "#8172b2"))
+                ax.barh(y, x, height=width, color=colours.get(l, other))
                 shown.add(l)
             t = parse_target(r.get("target"))
             if t:
@@ -400,7 +401,7 @@ def draw_chart(summary, path):
                  f"{', quick run' if summary['quick'] else ''})", fontsize=9, y=1 - 0.1 / sum(heights))
     from matplotlib.patches import Patch
     legend = [l for l in COLUMNS if l in shown]
-    fig.legend([Patch(color=colours[l]) for l in legend], legend,
+    fig.legend([Patch(color=colours.get(l, other)) for l in legend], legend,
                loc="upper center", ncol=len(legend), fontsize=8,
                bbox_to_anchor=(0.5, 1 - 0.35 / sum(heights)), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / sum(heights)))

@@ -33,11 +33,12 @@ def contract_doc():
                              {"asyncio": cell(10.0, 12.0),
                               "uvloop": cell(8.0, 8.0),
                               "qloop": cell(6.0, 6.0),
+                              "qloop-batch": cell(5.5, 5.6),
                               "rloop": {"error": "boom"}},
                              ("<=", 0.85))]
     return {"suite": "http", "meta": _common.machine_meta(0),
             "loops": {"asyncio": "a", "uvloop": "u", "qloop": "q",
-                      "rloop": "r"},
+                      "qloop-batch": "qb", "rloop": "r"},
             "unavailable": {}, "rows": rows}
 
 
