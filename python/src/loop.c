@@ -256,7 +256,6 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     }
     ql_loop_set_poll_hooks(self->ql, poll_enter, poll_leave, self);
-    ql_loop_set_check_hook(self->ql, check_hook, self);
     ql_loop_set_lag_at_fire(self->ql, 0); /* timer_ring_run notes it */
     return (PyObject *)self;
 }
@@ -780,7 +779,12 @@ static PyObject *loop_set_write_batching(LoopObject *self, PyObject *arg)
     int v = PyObject_IsTrue(arg);
     if (v < 0)
         return NULL;
+    if (!v && self->n_deferred)
+        qloop_streams_flush(self); /* what was deferred goes out now */
     self->batch_writes = (char)v;
+    /* The hook only while batching is on: nothing in the poll loop else. */
+    if (self->ql)
+        ql_loop_set_check_hook(self->ql, v ? check_hook : NULL, self);
     Py_RETURN_NONE;
 }
 

@@ -142,7 +142,7 @@ typedef struct {
     char deferred; /* in the loop's list of sends deferred to the pass end */
 } StreamObject;
 
-static int flush_deferred_or_raise(StreamObject *self);
+static int flush_deferred(StreamObject *self);
 
 #define SNAME(st, n) PyTuple_GET_ITEM((st)->stream_names, (n))
 
@@ -525,7 +525,7 @@ static int do_close(StreamObject *self)
 {
     if (self->closing)
         return 0;
-    if (flush_deferred_or_raise(self) < 0)
+    if (flush_deferred(self) < 0)
         return -1;
     self->closing = 1;
     if (set_want(self, 0, 0) < 0)
@@ -945,11 +945,6 @@ static int flush_deferred(StreamObject *self)
     return 0;
 }
 
-static int flush_deferred_or_raise(StreamObject *self)
-{
-    return self->deferred ? flush_deferred(self) : 0;
-}
-
 void qloop_streams_flush(LoopObject *loop)
 {
     /* The pass may have ended on an exception that ends the run. */
@@ -1026,7 +1021,7 @@ static PyObject *stream_write(StreamObject *self, PyObject *data)
         ret = Py_NewRef(Py_None);
         goto done;
     }
-    if (flush_deferred_or_raise(self) < 0)
+    if (flush_deferred(self) < 0)
         goto done;
     if (self->conn_lost) { /* the deferred send failed */
         ret = write_after_lost(self);
@@ -1113,7 +1108,7 @@ static PyObject *stream_writelines(StreamObject *self, PyObject *list)
     Py_ssize_t first = 0, sent = 0;
     int deferring = can_defer(self, total);
     if (!deferring) {
-        if (flush_deferred_or_raise(self) < 0)
+        if (flush_deferred(self) < 0)
             goto out;
         if (self->conn_lost) { /* the deferred send failed */
             ret = write_after_lost(self);
@@ -1336,7 +1331,7 @@ static PyObject *stream_close(StreamObject *self, PyObject *Py_UNUSED(x))
 static PyObject *stream_abort(StreamObject *self, PyObject *Py_UNUSED(x))
 {
     /* What write() deferred would have gone out before abort(). */
-    if (flush_deferred_or_raise(self) < 0)
+    if (flush_deferred(self) < 0)
         return NULL;
     return none_or_null(force_close(self, NULL));
 }
@@ -1371,7 +1366,7 @@ static PyObject *stream_write_eof(StreamObject *self, PyObject *Py_UNUSED(x))
 {
     if (self->closing || self->eof)
         Py_RETURN_NONE;
-    if (flush_deferred_or_raise(self) < 0)
+    if (flush_deferred(self) < 0)
         return NULL;
     self->eof = 1;
     if (self->wsize)
@@ -1397,7 +1392,7 @@ static PyObject *stream_can_write_eof(StreamObject *self,
 static PyObject *stream_get_write_buffer_size(StreamObject *self,
                                               PyObject *Py_UNUSED(x))
 {
-    if (flush_deferred_or_raise(self) < 0)
+    if (flush_deferred(self) < 0)
         return NULL;
     return PyLong_FromSsize_t(self->wsize);
 }
@@ -1405,7 +1400,7 @@ static PyObject *stream_get_write_buffer_size(StreamObject *self,
 static PyObject *stream__maybe_pause_protocol(StreamObject *self,
                                               PyObject *Py_UNUSED(x))
 {
-    if (flush_deferred_or_raise(self) < 0)
+    if (flush_deferred(self) < 0)
         return NULL;
     return none_or_null(maybe_pause(self));
 }
